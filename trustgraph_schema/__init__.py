@@ -1,0 +1,63 @@
+"""The wire contract: message schemas, the JSON codec and generic topic names."""
+
+from .codec import check_schema, decode, decoder, encode, reference_decode
+from .core import BLANK, IRI, LITERAL, TRIPLE, Error, Metadata, Term, Triple, Triples
+from .errors import DecodeError, EncodeError, SchemaError, TopicError
+from .services import (
+    CONTROL_NAMESPACE,
+    ConfigKey,
+    ConfigPush,
+    ConfigRequest,
+    ConfigResponse,
+    ConfigValue,
+    FlowRequest,
+    FlowResponse,
+    TextCompletionRequest,
+    TextCompletionResponse,
+    config_push_queue,
+    config_request_queue,
+    config_response_queue,
+    flow_request_queue,
+    flow_response_queue,
+)
+from .topic import QOS_LEVELS, Topic, parse_topic, topic
+
+__all__ = [
+    "BLANK",
+    "CONTROL_NAMESPACE",
+    "IRI",
+    "LITERAL",
+    "QOS_LEVELS",
+    "TRIPLE",
+    "ConfigKey",
+    "ConfigPush",
+    "ConfigRequest",
+    "ConfigResponse",
+    "ConfigValue",
+    "DecodeError",
+    "EncodeError",
+    "Error",
+    "FlowRequest",
+    "FlowResponse",
+    "Metadata",
+    "SchemaError",
+    "Term",
+    "TextCompletionRequest",
+    "TextCompletionResponse",
+    "Topic",
+    "TopicError",
+    "Triple",
+    "Triples",
+    "check_schema",
+    "config_push_queue",
+    "config_request_queue",
+    "config_response_queue",
+    "decode",
+    "decoder",
+    "encode",
+    "flow_request_queue",
+    "flow_response_queue",
+    "parse_topic",
+    "reference_decode",
+    "topic",
+]
