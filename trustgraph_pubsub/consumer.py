@@ -1,0 +1,509 @@
+"""``Consumer``: a handler loop over one subscription that never crashes.
+
+Per message:
+
+1. ``msg.value()`` is decoded first; bytes that do not decode go to the
+   dead-letter topic at once (retrying cannot fix them).
+2. The handler runs.  Success acknowledges the message.
+3. A handler exception negatively acknowledges it (the broker redelivers),
+   unless it has already been redelivered ``max_redeliveries`` times: then it
+   is dead-lettered.  A handler therefore sees a poison message at most
+   ``max_redeliveries + 1`` times, and the stream behind it keeps flowing.
+
+Dead-lettering sends the original bytes, with the original properties plus
+``x-dlq-error``, ``x-dlq-error-type``, ``x-dlq-topic``,
+``x-dlq-subscription`` and ``x-dlq-deliveries``, to ``<queue>.dlq``; only
+once that send is flushed is the original acknowledged.  If the dead-letter
+send fails, the original is nacked instead, so nothing is lost.
+
+At most ``concurrency`` handlers run at once; the backend is asked for the
+same ``prefetch``.  A lost connection (``ConnectionLostError`` or
+``BrokerConnectionError`` from the backend consumer) closes the backend
+consumer and recreates it with jittered backoff; handlers still running
+finish, and their acks to the dead consumer are dropped (the broker
+redelivers those messages, so delivery is at least once).
+
+``stop`` stops receiving, lets in-flight handlers finish (and be acked),
+then closes the backend consumer.  It never unsubscribes unless asked:
+the subscription is durable.
+
+How it stays cheap per message: a task per message (plus a semaphore and a
+done callback) cost more than the broker client's own receive and ack.
+Instead ``concurrency`` long-lived worker tasks take turns at the backend
+consumer.  The worker holding the *turn* receives a message and runs the
+handler inline, in the same task.  Only if that handler actually waits
+(the turn's holder is still in its handler when the event loop next runs a
+callback, or when another worker comes back free) does the turn pass to
+another worker, which then receives the next message.  A handler that
+finishes without waiting therefore costs no task switch at all, and with
+``concurrency=1`` the single worker simply loops.  Handlers start in receive order, since the next receive happens
+only after the previous handler has started; ``Subscriber`` relies on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any, cast
+
+from . import naming
+from .backend import BackendConsumer, ConsumerType, InitialPosition, Message, PubSubBackend
+from .errors import (
+    BrokerConnectionError,
+    ClosedError,
+    ConfigurationError,
+    MessageDecodeError,
+    PubSubError,
+    PubSubTimeoutError,
+)
+from .metrics import Metrics, default_metrics
+from .producer import Producer
+from .retry import Backoff, retry
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Consumer", "Handler"]
+
+Handler = Callable[[Message], Awaitable[None]]
+
+#: longest ``x-dlq-error`` value; a traceback-sized message is cut here.
+DLQ_ERROR_MAX = 1000
+
+#: a worker yields to the event loop after this many messages in a row, in
+#: case its backend returns buffered messages without ever suspending.
+_YIELD_EVERY = 64
+
+#: handler latency clock (what ``loop.time()`` reads, without the method lookups)
+_clock = time.monotonic
+
+
+class _Worker:
+    """One of a consumer's worker tasks; ``busy`` while it handles a message."""
+
+    __slots__ = ("busy", "task")
+
+    def __init__(self) -> None:
+        self.busy = False
+        self.task: asyncio.Task[None] | None = None
+
+
+class Consumer:
+    """Run ``handler`` on every message of ``subscription`` on ``topic``.
+
+    ``dead_letter_topic`` defaults to ``naming.dead_letter_topic(topic)``
+    (``<queue>.dlq`` in the same qos, tenant and namespace); a native Pulsar
+    name needs an explicit one.  ``start_deadline`` bounds how long ``start``
+    retries an unreachable broker (None: forever); once started, reconnects
+    retry until ``stop``.
+    """
+
+    def __init__(
+        self,
+        backend: PubSubBackend,
+        topic: str,
+        subscription: str,
+        schema: type[Any] | None,
+        handler: Handler,
+        *,
+        concurrency: int = 1,
+        max_redeliveries: int = 5,
+        initial_position: str = "latest",
+        consumer_type: str = "shared",
+        dead_letter_topic: str | None = None,
+        backoff: Backoff | None = None,
+        metrics: Metrics | None = None,
+        start_deadline: float | None = 60.0,
+    ) -> None:
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigurationError(
+                f"consumer on {topic}: concurrency must be an int >= 1, got {concurrency!r}"
+            )
+        if not isinstance(max_redeliveries, int) or max_redeliveries < 0:
+            raise ConfigurationError(
+                f"consumer on {topic}: max_redeliveries must be an int >= 0, got {max_redeliveries!r}"
+            )
+        naming.check_subscription(subscription, topic)
+        if dead_letter_topic is None:
+            if isinstance(topic, str) and "://" in topic:
+                raise ConfigurationError(
+                    f"consumer on native topic {topic!r}: pass dead_letter_topic= explicitly "
+                    "(the default <queue>.dlq is derived from generic names only)"
+                )
+            dead_letter_topic = naming.dead_letter_topic(topic)
+        elif "://" not in dead_letter_topic:
+            # A bad dead-letter name would make every poison message cycle forever.
+            naming.parse(dead_letter_topic)
+        self.backend = backend
+        self.topic = topic
+        self.subscription = subscription
+        self.schema = schema
+        self.handler = handler
+        self.concurrency = concurrency
+        self.max_redeliveries = max_redeliveries
+        self.initial_position = initial_position
+        self.consumer_type = consumer_type
+        self.dead_letter_topic = dead_letter_topic
+        self.start_deadline = start_deadline
+        self._backoff = backoff or Backoff(base=0.1, cap=10.0)
+        self._metrics_source = metrics or default_metrics()
+        self._m = self._metrics_source.bind(
+            topic, subscription, getattr(backend, "name", type(backend).__name__)
+        )
+        self._bc: BackendConsumer | None = None
+        self._started = False
+        self._workers: list[_Worker] = []
+        #: the worker that receives next (None: the first worker free takes it)
+        self._turn: _Worker | None = None
+        #: workers waiting for the turn, each with the future that wakes it
+        self._idle: deque[tuple[_Worker, asyncio.Future[None]]] = deque()
+        self._nudge_pending = False
+        self._dlq: Producer | None = None
+        self._dlq_lock = asyncio.Lock()
+        self._stopping = False
+        self._stopped = asyncio.Event()
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def _create(self, deadline: float | None) -> BackendConsumer:
+        async def create() -> BackendConsumer:
+            return await self.backend.create_consumer(
+                self.topic,
+                self.subscription,
+                self.schema,
+                cast(InitialPosition, self.initial_position),
+                cast(ConsumerType, self.consumer_type),
+                prefetch=self.concurrency,
+            )
+
+        bc = await retry(
+            create,
+            retry_on=(BrokerConnectionError,),
+            deadline=deadline,
+            backoff=self._backoff,
+            what=f"subscribe {self.subscription!r} to {self.topic}",
+        )
+        self._backoff.reset()
+        return bc
+
+    async def start(self) -> None:
+        """Subscribe, then start the ``concurrency`` worker tasks.  Idempotent.
+
+        The subscription exists when this returns, so a message published
+        afterwards reaches this consumer even at ``initial_position="latest"``.
+        A stopped consumer cannot be started again: make a new one.
+        """
+        if self._started:
+            return
+        if self._stopping:
+            raise ClosedError(f"consumer {self.subscription!r} on {self.topic} was stopped")
+        bc = await self._create(self.start_deadline)
+        if self._started or self._stopping:
+            # stop() (or another start()) ran while we were subscribing.
+            with contextlib.suppress(Exception):
+                await bc.close()
+            if self._stopping:
+                raise ClosedError(f"consumer {self.subscription!r} on {self.topic} was stopped")
+            return
+        self._bc = bc
+        self._started = True
+        for i in range(self.concurrency):
+            w = _Worker()
+            w.task = asyncio.create_task(
+                self._work(w), name=f"consumer:{self.topic}:{self.subscription}:{i}"
+            )
+            self._workers.append(w)
+
+    async def stop(
+        self, drain_timeout: float | None = None, *, unsubscribe: bool = False
+    ) -> None:
+        """Stop receiving, let in-flight handlers finish, close.  Idempotent.
+
+        Handlers still running after ``drain_timeout`` seconds (None: wait for all)
+        are cancelled; their messages stay unacked and are redelivered.
+        ``unsubscribe=True`` deletes the subscription instead of closing it.
+        A handler may call ``stop`` itself: its own message is then settled
+        after the backend consumer is closed, so it is redelivered.
+        """
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        try:
+            current = asyncio.current_task()
+            # Stop receiving: a worker that is not in a handler holds no message.
+            idle = [w.task for w in self._workers if not w.busy and w.task is not None]
+            for t in idle:
+                t.cancel()
+            if idle:
+                await asyncio.wait(idle)
+            # Busy workers finish their handler, settle its message, then exit.
+            busy = [
+                w.task for w in self._workers
+                if w.task is not None and w.task is not current and not w.task.done()
+            ]
+            if busy:
+                _, late = await asyncio.wait(busy, timeout=drain_timeout)
+                if late:
+                    log.warning(
+                        "consumer %r on %s: %d handlers still running after %ss; cancelled, "
+                        "their messages will be redelivered",
+                        self.subscription, self.topic, len(late), drain_timeout,
+                    )
+                    for t in late:
+                        t.cancel()
+                    await asyncio.wait(late)
+            if self._dlq is not None:
+                try:
+                    await self._dlq.close()
+                except PubSubError as exc:
+                    log.warning("closing dead-letter producer for %s: %s", self.topic, exc)
+            bc, self._bc = self._bc, None
+            if bc is not None:
+                try:
+                    if unsubscribe:
+                        await bc.unsubscribe()
+                    else:
+                        await bc.close()
+                except (BrokerConnectionError, ClosedError) as exc:
+                    log.warning(
+                        "consumer %r on %s: %s on close (the broker keeps the subscription)",
+                        self.subscription, self.topic, exc,
+                    )
+        finally:
+            self._stopped.set()
+
+    async def run(self) -> None:
+        """``start``, then wait until stopped; cancelling ``run`` stops the consumer."""
+        await self.start()
+        try:
+            await self._stopped.wait()
+        except asyncio.CancelledError:
+            await asyncio.shield(self.stop())
+            raise
+
+    async def __aenter__(self) -> Consumer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._started and not self._stopping
+
+    # -- the workers --------------------------------------------------------
+
+    async def _work(self, me: _Worker) -> None:
+        """Take the turn, receive, run the handler inline; until stopped."""
+        loop = asyncio.get_running_loop()
+        handoff = self.concurrency > 1
+        handler = self.handler
+        m = self._m
+        task = asyncio.current_task()
+        streak = 0
+        try:
+            while not self._stopping:
+                turn = self._turn
+                if turn is None or (turn is not me and turn.busy):
+                    # Free, or its holder is in a handler and so not receiving.
+                    self._turn = me
+                elif turn is not me:
+                    fut: asyncio.Future[None] = loop.create_future()
+                    self._idle.append((me, fut))
+                    await fut  # _pass_turn made us the holder
+                    if self._stopping:
+                        break
+                    streak = 0
+                elif streak >= _YIELD_EVERY:
+                    streak = 0
+                    await asyncio.sleep(0)
+                    continue  # stop() may have come meanwhile
+                bc = self._bc
+                assert bc is not None
+                try:
+                    msg = await bc.receive()
+                except PubSubTimeoutError:
+                    # No timeout was asked for, but a backend may time out a long poll.
+                    continue
+                except Exception as exc:
+                    await self._reconnect(bc, exc)
+                    continue
+                streak += 1
+                me.busy = True
+                if handoff and not self._nudge_pending:
+                    self._nudge_pending = True
+                    loop.call_soon(self._nudge)
+                # The message, inline (a coroutine per message costs).  Nothing
+                # may be awaited before the handler is called: Subscriber
+                # relies on handlers starting in receive order.
+                try:
+                    m.received()
+                    started = _clock()
+                    try:
+                        msg.value()
+                    except MessageDecodeError as exc:
+                        await self._undecodable(bc, msg, exc)
+                        continue
+                    try:
+                        await handler(msg)
+                    except Exception as exc:
+                        m.latency(_clock() - started)
+                        await self._failed(bc, msg, exc)
+                        continue
+                    except asyncio.CancelledError as exc:
+                        if task is None or task.cancelling():
+                            raise  # stop() cancelled us: leave the message unacked
+                        # The handler's own (it awaited something cancelled): a failure
+                        # like any other, and this worker lives on.
+                        m.latency(_clock() - started)
+                        await self._failed(bc, msg, exc)
+                        continue
+                    m.latency(_clock() - started)
+                    await bc.acknowledge(msg)
+                except (BrokerConnectionError, ClosedError) as exc:
+                    # The consumer this message came from is gone; the broker redelivers it.
+                    log.debug(
+                        "ack/nack on %s lost (%s); the message will be redelivered",
+                        self.topic, exc,
+                    )
+                except Exception:
+                    log.exception(
+                        "consumer %r on %s: error settling a message",
+                        self.subscription, self.topic,
+                    )
+                finally:
+                    me.busy = False
+        finally:
+            if self._turn is me:
+                self._pass_turn()
+
+    def _nudge(self) -> None:
+        """Runs once the loop is free: a holder still in its handler gives up the turn."""
+        self._nudge_pending = False
+        holder = self._turn
+        if holder is not None and holder.busy:
+            self._pass_turn()
+
+    def _pass_turn(self) -> None:
+        idle = self._idle
+        while idle:
+            worker, fut = idle.popleft()
+            if not fut.done():  # (a worker cancelled while waiting leaves a done future)
+                self._turn = worker
+                fut.set_result(None)
+                return
+        self._turn = None
+
+    async def _reconnect(self, old: BackendConsumer, exc: Exception) -> BackendConsumer:
+        if isinstance(exc, (BrokerConnectionError, ClosedError)):
+            log.warning(
+                "consumer %r on %s lost its connection (%s); reconnecting",
+                self.subscription, self.topic, exc,
+            )
+        else:
+            log.error(
+                "consumer %r on %s: unexpected receive error; reconnecting",
+                self.subscription, self.topic, exc_info=exc,
+            )
+        with contextlib.suppress(Exception):
+            await old.close()
+        while True:
+            await self._backoff.sleep()
+            try:
+                bc = await self._create(None)
+            except Exception as cexc:
+                # Not a connection error (bad credentials, closed backend ...):
+                # keep the service up and keep trying, loudly.
+                log.error(
+                    "consumer %r on %s cannot resubscribe: %s: %s",
+                    self.subscription, self.topic, type(cexc).__name__, cexc,
+                )
+                continue
+            self._bc = bc
+            self._m.reconnected()
+            return bc
+
+    # -- one message --------------------------------------------------------
+
+    async def _undecodable(self, bc: BackendConsumer, msg: Message, exc: MessageDecodeError) -> None:
+        """Bytes that do not decode never will: dead-letter them at once."""
+        self._m.error()
+        log.warning(
+            "undecodable message on %s (subscription %r): dead-lettering: %s",
+            self.topic, self.subscription, exc,
+        )
+        await self._dead_letter(bc, msg, exc)
+
+    async def _failed(self, bc: BackendConsumer, msg: Message, exc: BaseException) -> None:
+        """The handler raised: nack for redelivery, or dead-letter after the last one."""
+        self._m.error()
+        deliveries = msg.redelivery_count + 1
+        if msg.redelivery_count >= self.max_redeliveries:
+            log.warning(
+                "handler for %s (subscription %r) failed on delivery %d: %s: %s; "
+                "dead-lettering to %s",
+                self.topic, self.subscription, deliveries, type(exc).__name__, exc,
+                self.dead_letter_topic,
+            )
+            await self._dead_letter(bc, msg, exc)
+        else:
+            log.warning(
+                "handler for %s (subscription %r) failed on delivery %d of %d: %s: %s",
+                self.topic, self.subscription, deliveries, self.max_redeliveries + 1,
+                type(exc).__name__, exc,
+            )
+            self._m.redelivered()
+            await bc.negative_acknowledge(msg)
+
+    async def _dlq_producer(self) -> Producer:
+        async with self._dlq_lock:
+            if self._dlq is None:
+                self._dlq = Producer(
+                    self.backend, self.dead_letter_topic, None, metrics=self._metrics_source
+                )
+            return self._dlq
+
+    async def _dead_letter(self, bc: BackendConsumer, msg: Message, exc: BaseException) -> None:
+        error = str(exc) or type(exc).__name__
+        if len(error) > DLQ_ERROR_MAX:
+            error = error[: DLQ_ERROR_MAX - 3] + "..."
+        props = dict(msg.properties())
+        props.update(
+            {
+                "x-dlq-error": error,
+                "x-dlq-error-type": type(exc).__name__,
+                "x-dlq-topic": self.topic,
+                "x-dlq-subscription": self.subscription,
+                "x-dlq-deliveries": str(msg.redelivery_count + 1),
+            }
+        )
+        try:
+            producer = await self._dlq_producer()
+            await producer.send(msg.data(), props)
+            await producer.flush()
+        except Exception as dexc:
+            log.error(
+                "could not dead-letter a message from %s to %s (%s); nacking it instead",
+                self.topic, self.dead_letter_topic, dexc,
+            )
+            await bc.negative_acknowledge(msg)
+            return
+        self._m.dead_lettered()
+        await bc.acknowledge(msg)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Consumer topic={self.topic!r} subscription={self.subscription!r} "
+            f"concurrency={self.concurrency} running={self.running}>"
+        )

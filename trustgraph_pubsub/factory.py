@@ -1,0 +1,225 @@
+"""Pick a backend at run time: ``get_pubsub(**config)`` and ``add_pubsub_args``.
+
+One table (``BACKEND_OPTIONS``) drives both the command line and
+``get_pubsub``: each option has a flag ``--<backend>-<name>``, an environment
+fallback and a default.  Precedence is explicit argument > environment >
+default, so a service started with no flags still honours ``PULSAR_HOST``.
+
+Backends are found in a registry: the four built in (plus ``memory``) by
+dotted path, and third-party ones through the entry-point group
+``trustgraph_pubsub.backends`` (the entry point names the backend class; a
+class attribute ``options: tuple[Option, ...]`` declares its flags).  Nothing
+here imports a broker library: backend modules import theirs lazily.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+from .backend import PubSubBackend
+from .errors import ConfigurationError
+
+ENTRY_POINT_GROUP = "trustgraph_pubsub.backends"
+DEFAULT_BACKEND = "pulsar"
+
+
+@dataclass(frozen=True)
+class Option:
+    """One backend option: ``--<backend>-<name>`` / ``env`` / ``default``."""
+
+    name: str
+    env: str | None = None
+    default: Any = None
+    type: type = str
+    help: str = ""
+    secret: bool = False
+
+
+BACKEND_OPTIONS: dict[str, tuple[Option, ...]] = {
+    "pulsar": (
+        Option("host", "PULSAR_HOST", "pulsar://localhost:6650", help="Pulsar service URL"),
+        Option("api_key", "PULSAR_API_KEY", None, help="Pulsar token (JWT)", secret=True),
+        Option("listener", "PULSAR_LISTENER", None, help="Pulsar advertised listener name"),
+        Option("admin_url", "PULSAR_ADMIN_URL", None,
+               help="Pulsar admin REST URL; enables explicit queue lifecycle"),
+        Option("nack_delay_ms", "PULSAR_NACK_DELAY_MS", 1000, int,
+               help="delay before a negatively acknowledged message is redelivered"),
+        Option("operation_timeout", "PULSAR_OPERATION_TIMEOUT", 10, int,
+               help="seconds a lookup, create or admin call may take; a refused connection "
+               "is reported after at most this"),
+        Option("send_timeout_ms", "PULSAR_SEND_TIMEOUT_MS", 30000, int,
+               help="how long the client keeps retrying an unconfirmed send (0: forever)"),
+        Option("max_message_size", "PULSAR_MAX_MESSAGE_SIZE", 5 * 1024 * 1024, int,
+               help="the broker's maxMessageSize in bytes (payloads get this less 16 KiB)"),
+    ),
+    "rabbitmq": (
+        Option("host", "RABBITMQ_HOST", "localhost", help="RabbitMQ host"),
+        Option("port", "RABBITMQ_PORT", 5672, int, help="RabbitMQ AMQP port"),
+        Option("username", "RABBITMQ_USERNAME", "guest", help="RabbitMQ user"),
+        Option("password", "RABBITMQ_PASSWORD", "guest", help="RabbitMQ password", secret=True),
+        Option("vhost", "RABBITMQ_VHOST", "/", help="RabbitMQ virtual host"),
+        Option("queue_type", "RABBITMQ_QUEUE_TYPE", "quorum",
+               help="queue type of durable (q1/q2) subscriptions: quorum (replicated) or "
+               "classic (lower latency)"),
+    ),
+    "mqtt": (
+        Option("host", "MQTT_HOST", "localhost", help="MQTT broker host"),
+        Option("port", "MQTT_PORT", 1883, int, help="MQTT broker port"),
+        Option("username", "MQTT_USERNAME", None, help="MQTT user"),
+        Option("password", "MQTT_PASSWORD", None, help="MQTT password", secret=True),
+        Option("session_expiry", "MQTT_SESSION_EXPIRY", 7 * 24 * 3600, int,
+               help="seconds a durable subscription's session, and the messages queued in it, "
+               "outlives its last consumer"),
+        Option("max_inflight", "MQTT_MAX_INFLIGHT", 100, int,
+               help="QoS 1/2 publishes in flight per connection; beyond it send waits for a PUBACK"),
+        Option("keepalive", "MQTT_KEEPALIVE", 30, int,
+               help="seconds between MQTT keep-alive pings; a silent dead link is noticed in about 2x this"),
+        Option("connect_timeout", "MQTT_CONNECT_TIMEOUT", 10.0, float,
+               help="seconds to wait for the broker's CONNACK"),
+    ),
+    "kafka": (
+        Option("bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS", "localhost:9092",
+               help="Kafka bootstrap servers, comma separated"),
+        Option("security_protocol", "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT",
+               help="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"),
+        Option("sasl_mechanism", "KAFKA_SASL_MECHANISM", None,
+               help="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
+        Option("sasl_username", "KAFKA_SASL_USERNAME", None, help="Kafka SASL user"),
+        Option("sasl_password", "KAFKA_SASL_PASSWORD", None, help="Kafka SASL password",
+               secret=True),
+        Option("fetch_max_wait_ms", "KAFKA_FETCH_MAX_WAIT_MS", 5, int,
+               help="longest a fetch waits for data; low keeps request/response fast"),
+        Option("partitions", "KAFKA_PARTITIONS", 4, int,
+               help="partitions of topics the backend creates (competing consumers <= this)"),
+        Option("replication_factor", "KAFKA_REPLICATION_FACTOR", 1, int,
+               help="replication factor of topics the backend creates"),
+        Option("retention_ms", "KAFKA_RETENTION_MS", None, int,
+               help="retention.ms of topics the backend creates (-1 forever; default broker's)"),
+        Option("max_message_size", "KAFKA_MAX_MESSAGE_SIZE", 8 * 1024 * 1024, int,
+               help="largest payload in bytes; sets the topic's max.message.bytes and client limits"),
+        Option("connect_timeout", "KAFKA_CONNECT_TIMEOUT", 10.0, float,
+               help="seconds to wait for the broker on connect and admin calls"),
+        Option("join_timeout", "KAFKA_JOIN_TIMEOUT", 60.0, float,
+               help="seconds create_consumer waits to join its group and get partitions"),
+    ),
+    "memory": (),
+}
+
+_BUILTIN: dict[str, str] = {
+    "pulsar": "trustgraph_pubsub.backends.pulsar:PulsarBackend",
+    "rabbitmq": "trustgraph_pubsub.backends.rabbitmq:RabbitMQBackend",
+    "mqtt": "trustgraph_pubsub.backends.mqtt:MQTTBackend",
+    "kafka": "trustgraph_pubsub.backends.kafka:KafkaBackend",
+    "memory": "trustgraph_pubsub.backends.memory:MemoryBackend",
+}
+
+_registered: dict[str, Any] = {}
+
+
+def register_backend(name: str, cls: Any, options: tuple[Option, ...] = ()) -> None:
+    """Register a backend class under ``name`` (for plugins and tests)."""
+    _registered[name] = cls
+    BACKEND_OPTIONS.setdefault(name, tuple(options) or tuple(getattr(cls, "options", ())))
+
+
+def _plugins() -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def available_backends() -> list[str]:
+    """Every backend name that ``get_pubsub`` accepts."""
+    return sorted(set(_BUILTIN) | set(_registered) | set(_plugins()))
+
+
+def backend_class(name: str) -> Any:
+    """Resolve a backend name to its class, importing it on demand."""
+    if name in _registered:
+        return _registered[name]
+    if name in _BUILTIN:
+        module, _, attr = _BUILTIN[name].partition(":")
+        return getattr(importlib.import_module(module), attr)
+    plugins = _plugins()
+    if name in plugins:
+        cls = plugins[name].load()
+        BACKEND_OPTIONS.setdefault(name, tuple(getattr(cls, "options", ())))
+        return cls
+    raise ConfigurationError(
+        f"unknown pubsub backend {name!r}; known backends: {', '.join(available_backends())}"
+    )
+
+
+def _options_for(name: str) -> tuple[Option, ...]:
+    return BACKEND_OPTIONS.get(name, ())
+
+
+def _coerce(backend: str, opt: Option, value: Any) -> Any:
+    if value is None or isinstance(value, opt.type):
+        return value
+    try:
+        return opt.type(value)
+    except (TypeError, ValueError) as exc:
+        flag = f"--{backend}-{opt.name.replace('_', '-')}"
+        raise ConfigurationError(
+            f"option {flag} must be {opt.type.__name__}, got {value!r}"
+        ) from exc
+
+
+def resolve_options(name: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The constructor arguments for backend ``name``: config > env > default."""
+    out: dict[str, Any] = {}
+    for opt in _options_for(name):
+        key = f"{name}_{opt.name}"
+        value = config.get(key)
+        if value is None and opt.env:
+            value = os.environ.get(opt.env)
+        if value is None:
+            value = opt.default
+        out[opt.name] = _coerce(name, opt, value)
+    return out
+
+
+def get_pubsub(**config: Any) -> PubSubBackend:
+    """Build the backend named by ``pubsub_backend`` (env ``PUBSUB_BACKEND``, default pulsar).
+
+    Takes the flat keys ``add_pubsub_args`` produces (``pulsar_host``,
+    ``rabbitmq_password`` ...), so ``get_pubsub(**vars(args))`` works.  Keys
+    of other backends are ignored.
+    """
+    name = config.get("pubsub_backend") or os.environ.get("PUBSUB_BACKEND") or DEFAULT_BACKEND
+    if not isinstance(name, str):
+        raise ConfigurationError(f"pubsub_backend must be a string, got {type(name).__name__}")
+    cls = backend_class(name)
+    backend: PubSubBackend = cls(**resolve_options(name, config))
+    return backend
+
+
+def add_pubsub_args(parser: argparse.ArgumentParser) -> None:
+    """Add ``--pubsub-backend`` and every backend's own flags to ``parser``.
+
+    Flag defaults are None so that ``get_pubsub`` applies the environment and
+    the table's defaults in one place.
+    """
+    parser.add_argument(
+        "--pubsub-backend",
+        default=None,
+        help=f"message broker backend: {', '.join(available_backends())} "
+        f"(env PUBSUB_BACKEND, default {DEFAULT_BACKEND})",
+    )
+    for backend in sorted(BACKEND_OPTIONS):
+        for opt in BACKEND_OPTIONS[backend]:
+            flag = f"--{backend}-{opt.name.replace('_', '-')}"
+            default = "(hidden)" if opt.secret and opt.default is not None else opt.default
+            env = f"env {opt.env}, " if opt.env else ""
+            parser.add_argument(
+                flag,
+                dest=f"{backend}_{opt.name}",
+                default=None,
+                type=opt.type,
+                help=f"{opt.help} ({env}default {default})",
+            )
