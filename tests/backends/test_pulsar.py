@@ -1,0 +1,573 @@
+"""The Pulsar backend against a real broker (pulsar-lite, or TG_PULSAR_URL).
+
+What the conformance battery does not look at closely: close keeps the
+durable subscription and unsubscribe deletes it, Pulsar's redelivery count
+and the nack delay option, q0 on non-persistent topics, full Pulsar URIs,
+exclusive and failover subscriptions, the size limit, pipelined sends and
+how their loss is reported, latency-bound producers, implicit queue
+lifecycle, and the errors a person gets for bad input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from tests.brokers import Broker
+from tests.brokers.pulsar import CHUNKING_UNRELIABLE, EXCLUSIVE_DROPS_CONNECTION, PulsarBroker
+from trustgraph_pubsub import (
+    BrokerConnectionError,
+    ClosedError,
+    ConfigurationError,
+    ConnectionLostError,
+    MessageTooLargeError,
+    PubSubError,
+    PubSubTimeoutError,
+    UnsupportedError,
+    get_pubsub,
+)
+from trustgraph_pubsub.backends.pulsar import METADATA_RESERVE, PulsarBackend
+from trustgraph_schema.topic import topic as make_topic
+
+
+@dataclass
+class Item:
+    n: int
+    text: str = ""
+
+
+def fresh(label: str, qos: str = "q1") -> str:
+    return make_topic(f"pt-{uuid.uuid4().hex[:10]}-{label}", qos=qos, tenant="tg", namespace="pulsartest")
+
+
+async def send_all(p: Any, ids: range | list[int]) -> None:
+    for i in ids:
+        await p.send(Item(i))
+    await p.flush()
+
+
+async def drain(c: Any, *, ack: bool = True, quiet: float = 1.5, within: float = 60.0) -> Counter[int]:
+    """Every id that arrives until ``quiet`` seconds pass with nothing."""
+    seen: Counter[int] = Counter()
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            m = await c.receive(timeout=quiet)
+        except PubSubTimeoutError:
+            break
+        seen[m.value().n] += 1
+        if ack:
+            await c.acknowledge(m)
+    return seen
+
+
+class TestPulsarBackend:
+    broker_name = "pulsar"
+
+    # -- close keeps the subscription, unsubscribe deletes it -------------------
+
+    @pytest.mark.parametrize("batched", [False, True], ids=["unbatched", "batched"])
+    async def test_close_keeps_backlog_and_unsubscribe_drops_it(self, backend: Any, batched: bool) -> None:
+        """Consume part, close without acking the rest, publish more, reopen: the backlog is
+        all there.  After unsubscribe it is gone.
+
+        Unbatched, exactly the unacked messages come back.  Batched, the broker learns of
+        acks per batch, so acked messages of a part-acked batch come back too (duplicates,
+        allowed at q1); nothing unacked is ever missing.
+        """
+        name, sub = fresh("durable"), "keep"
+        c = await backend.create_consumer(name, sub, Item)
+        p = await backend.create_producer(name, Item, latency_bound=not batched)
+        await send_all(p, range(10))
+        acked = set()
+        for _ in range(4):  # consume part: ack two, hold two unacked
+            m = await c.receive(timeout=30)
+            if m.value().n % 2 == 0:
+                await c.acknowledge(m)
+                acked.add(m.value().n)
+        await c.close()
+        await send_all(p, range(10, 20))  # published while nobody is subscribed
+
+        again = await backend.create_consumer(name, sub, Item)
+        got = await drain(again)
+        missing = set(range(20)) - acked - set(got)
+        assert not missing, f"lost after close: {sorted(missing)}"
+        if not batched:
+            assert not acked & set(got), f"acked messages came back: {sorted(acked & set(got))}"
+        await send_all(p, range(20, 25))
+        await again.unsubscribe()
+        with pytest.raises(ClosedError):
+            await again.receive(timeout=1)
+
+        fresh_consumer = await backend.create_consumer(name, sub, Item, initial_position="latest")
+        await send_all(p, [100])
+        got = await drain(fresh_consumer)
+        assert set(got) == {100}, f"unsubscribe left a backlog behind: {sorted(got)}"
+
+    async def test_close_of_the_backend_keeps_subscriptions(self, broker: Broker) -> None:
+        name = fresh("backend-close")
+        b1 = broker.make_backend()
+        await b1.create_consumer(name, "s", Item)
+        await b1.close()  # closes the consumer, never unsubscribes
+        b2 = broker.make_backend()
+        try:
+            p = await b2.create_producer(name, Item)
+            await send_all(p, range(5))
+            c = await b2.create_consumer(name, "s", Item)
+            assert set(await drain(c)) == set(range(5))
+        finally:
+            await b2.close()
+
+    # -- nack, redelivery count -------------------------------------------------
+
+    async def test_nack_redelivers_after_the_configured_delay_with_a_count(self, broker: Broker) -> None:
+        b = broker.make_backend(pulsar_nack_delay_ms=300)
+        try:
+            name = fresh("nack")
+            c = await b.create_consumer(name, "s", Item)
+            p = await b.create_producer(name, Item)
+            await send_all(p, [1])
+            first = await c.receive(timeout=30)
+            assert first.redelivery_count == 0
+            t0 = time.monotonic()
+            await c.negative_acknowledge(first)
+            second = await c.receive(timeout=30)
+            waited = time.monotonic() - t0
+            assert second.value().n == 1 and second.redelivery_count == 1
+            assert 0.2 < waited < 5.0, f"nack redelivery took {waited:.2f}s with a 300 ms delay"
+            await c.negative_acknowledge(second)
+            third = await c.receive(timeout=30)
+            assert third.redelivery_count == 2
+            await c.acknowledge(third)
+            with pytest.raises(PubSubTimeoutError):
+                await c.receive(timeout=1.5)
+        finally:
+            await b.close()
+
+    async def test_default_nack_delay_is_about_a_second(self, backend: Any) -> None:
+        assert backend.nack_delay_ms == 1000
+        name = fresh("nack-default")
+        c = await backend.create_consumer(name, "s", Item)
+        p = await backend.create_producer(name, Item)
+        await send_all(p, [1])
+        m = await c.receive(timeout=30)
+        t0 = time.monotonic()
+        await c.negative_acknowledge(m)
+        again = await c.receive(timeout=20)  # the client's own default would be 60 s
+        assert again.redelivery_count == 1
+        assert time.monotonic() - t0 < 10
+
+    # -- names ------------------------------------------------------------------
+
+    async def test_q0_uses_a_non_persistent_topic(self, backend: Any) -> None:
+        name = fresh("q0", qos="q0")
+        p = await backend.create_producer(name, Item)
+        assert p.native.startswith("non-persistent://tg/pulsartest/")
+        await send_all(p, [1])  # nobody subscribed: a non-persistent topic keeps nothing
+        c = await backend.create_consumer(name, "s", Item, initial_position="earliest")
+        assert c.native == p.native
+        await send_all(p, [2])
+        got = await drain(c)
+        assert set(got) == {2}, f"non-persistent topic replayed {sorted(got)}"
+
+    async def test_q1_and_q2_use_persistent_topics(self, backend: Any) -> None:
+        for qos in ("q1", "q2"):
+            name = fresh(qos, qos=qos)
+            p = await backend.create_producer(name, Item)
+            assert p.native.startswith("persistent://tg/pulsartest/"), p.native
+            await send_all(p, [1, 2])  # q2 awaits each broker receipt
+            c = await backend.create_consumer(name, "s", Item, initial_position="earliest")
+            assert set(await drain(c)) == {1, 2}
+
+    async def test_full_pulsar_uri_passes_through(self, backend: Any) -> None:
+        native = f"persistent://tg/pulsartest/uri-{uuid.uuid4().hex[:10]}"
+        c = await backend.create_consumer(native, "s", Item)
+        p = await backend.create_producer(native, Item)
+        assert p.native == native and c.native == native
+        await send_all(p, [7])
+        m = await c.receive(timeout=30)
+        assert m.value().n == 7 and m.topic == native
+        await c.acknowledge(m)
+
+    # -- consumer types and positions -------------------------------------------
+
+    async def test_exclusive_second_consumer_is_refused_at_once(self, backend: Any) -> None:
+        name = fresh("excl")
+        first = await backend.create_consumer(name, "s", Item, consumer_type="exclusive")
+        t0 = time.monotonic()
+        with pytest.raises(PubSubError) as err:
+            await backend.create_consumer(name, "s", Item, consumer_type="exclusive")
+        assert time.monotonic() - t0 < 1.0
+        assert "exclusive" in str(err.value) and "'s'" in str(err.value)
+        with pytest.raises(PubSubError):
+            await backend.create_consumer(name, "s", Item, consumer_type="shared")
+        # The first consumer is untouched and, once closed, the subscription is free again.
+        p = await backend.create_producer(name, Item)
+        await send_all(p, [1])
+        m = await first.receive(timeout=30)
+        await first.acknowledge(m)
+        await first.close()
+        second = await backend.create_consumer(name, "s", Item, consumer_type="exclusive")
+        await send_all(p, [2])
+        assert (await second.receive(timeout=30)).value().n == 2
+
+    async def test_exclusive_busy_from_another_client(self, broker: Broker, backend: Any) -> None:
+        """Another process's exclusive consumer: Pulsar answers ConsumerBusy; pulsar-lite
+        drops the connection instead, so the create gives up after the operation timeout."""
+        name = fresh("excl2")
+        first = await backend.create_consumer(name, "s", Item, consumer_type="exclusive")
+        other = PulsarBackend(host=broker.backend_config()["pulsar_host"], operation_timeout=3)
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(PubSubError) as err:
+                await other.create_consumer(name, "s", Item, consumer_type="exclusive")
+            took = time.monotonic() - t0
+        finally:
+            await other.close()
+        assert took < 15, f"a busy exclusive subscription took {took:.1f}s to be refused"
+        if EXCLUSIVE_DROPS_CONNECTION not in broker.quirks:
+            assert "busy" in str(err.value), str(err.value)
+        p = await backend.create_producer(name, Item)
+        await send_all(p, [1])
+        assert (await first.receive(timeout=30)).value().n == 1, "the holder lost its subscription"
+
+    async def test_failover_delivers_to_one_consumer_then_the_standby(self, backend: Any) -> None:
+        name = fresh("failover")
+        a = await backend.create_consumer(name, "s", Item, consumer_type="failover")
+        b = await backend.create_consumer(name, "s", Item, consumer_type="failover")
+        p = await backend.create_producer(name, Item)
+        await send_all(p, range(20))
+        got_a, got_b = await asyncio.gather(drain(a), drain(b))
+        assert set(got_a) | set(got_b) == set(range(20))
+        assert not (got_a and got_b), f"failover split the stream: {sorted(got_a)} / {sorted(got_b)}"
+        active, standby = (a, b) if got_a else (b, a)
+        await active.close()
+        await send_all(p, range(20, 25))
+        assert set(await drain(standby)) == set(range(20, 25)), "the standby did not take over"
+
+    async def test_earliest_and_latest(self, backend: Any) -> None:
+        name = fresh("position")
+        p = await backend.create_producer(name, Item)
+        await send_all(p, [1, 2])
+        early = await backend.create_consumer(name, "early", Item, initial_position="earliest")
+        late = await backend.create_consumer(name, "late", Item, initial_position="latest")
+        await send_all(p, [3])
+        assert set(await drain(early)) == {1, 2, 3}
+        assert set(await drain(late)) == {3}
+
+    # -- messages -----------------------------------------------------------------
+
+    async def test_properties_key_and_raw_bytes(self, backend: Any) -> None:
+        name = fresh("props")
+        c = await backend.create_consumer(name, "s", None)
+        p = await backend.create_producer(name, None)
+        props = {"trace": "t-1", "empty": "", "unicode": "héllo ✓"}
+        await p.send(b"\x00\xffraw", props, key="k1")
+        await p.flush()
+        m = await c.receive(timeout=30)
+        assert m.value() == b"\x00\xffraw" and m.data() == b"\x00\xffraw"
+        assert m.properties() == props
+        assert m.handle.partition_key() == "k1"
+        await c.acknowledge(m)
+        with pytest.raises(TypeError):
+            await p.send(Item(1))  # no schema: bytes only
+        with pytest.raises(TypeError):
+            await p.send(b"x", {"n": 1})  # properties are str -> str
+        with pytest.raises(TypeError):
+            await c.acknowledge(object())
+
+    async def test_size_limit_is_checked_before_the_client(self, backend: Any) -> None:
+        name = fresh("size")
+        limit = backend.capabilities.max_message_size
+        assert limit == 5 * 1024 * 1024 - METADATA_RESERVE
+        c = await backend.create_consumer(name, "s", None)
+        p = await backend.create_producer(name, None)
+        with pytest.raises(MessageTooLargeError) as err:
+            await p.send(b"x" * (limit + 1))
+        assert name in str(err.value) and "chunking" in str(err.value)
+        with pytest.raises(MessageTooLargeError):
+            await p.send(b"y" * (limit - 10), {"property": "counts"})
+        await p.send(b"y" * limit)  # exactly the limit goes through
+        await p.flush()
+        m = await c.receive(timeout=30)
+        assert len(m.data()) == limit
+        await c.acknowledge(m)
+
+    async def test_chunking_sends_a_message_larger_than_the_limit(self, broker: Broker, backend: Any) -> None:
+        name = fresh("chunk")
+        c = await backend.create_consumer(name, "s", None)
+        p = await backend.create_producer(name, None, chunking=True)
+        big = bytes(range(256)) * (6 * 1024 * 1024 // 256)
+        try:
+            await p.send(big)
+            await p.flush()
+            m = await c.receive(timeout=30)
+            assert m.data() == big
+            await c.acknowledge(m)
+        except (PubSubError, AssertionError) as exc:
+            if CHUNKING_UNRELIABLE in broker.quirks:
+                pytest.xfail(f"broker quirk {CHUNKING_UNRELIABLE}: {exc!r}")
+            raise
+
+    async def test_cancelled_receive_loses_nothing(self, backend: Any) -> None:
+        name = fresh("cancel")
+        c = await backend.create_consumer(name, "s", Item)
+        p = await backend.create_producer(name, Item)
+        waiting = asyncio.create_task(c.receive())
+        await asyncio.sleep(0.2)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        with pytest.raises(PubSubTimeoutError):
+            await c.receive(timeout=0.3)  # a timed-out receive leaves the client's request pending
+        await send_all(p, [1, 2])
+        assert set(await drain(c)) == {1, 2}
+
+    async def test_concurrent_receivers_share_one_consumer(self, backend: Any) -> None:
+        name = fresh("concurrent")
+        c = await backend.create_consumer(name, "s", Item, prefetch=50)
+        p = await backend.create_producer(name, Item)
+        n = 500
+        seen: Counter[int] = Counter()
+
+        async def worker() -> None:
+            while sum(seen.values()) < n:
+                try:
+                    m = await c.receive(timeout=2)
+                except PubSubTimeoutError:
+                    continue
+                seen[m.value().n] += 1
+                await c.acknowledge(m)
+
+        workers = [asyncio.create_task(worker()) for _ in range(8)]
+        await send_all(p, range(n))
+        await asyncio.wait_for(asyncio.gather(*workers), 60)
+        assert set(seen) == set(range(n)) and max(seen.values()) == 1
+
+    # -- producers ------------------------------------------------------------------
+
+    async def test_pipelined_stream_arrives_whole(self, broker: Broker, backend: Any) -> None:
+        name = fresh("stream")
+        n = 5000
+        c = await backend.create_consumer(name, "s", Item)
+        p = await backend.create_producer(name, Item)
+        t0 = time.perf_counter()
+        for i in range(n):
+            await p.send(Item(i, "x" * 100))
+        await p.flush()
+        rate = n / (time.perf_counter() - t0)
+        got = await drain(c, quiet=3.0)
+        assert set(got) == set(range(n)), f"{n - len(got)} of {n} never arrived"
+        assert rate > 1000, f"pipelined sends ran at {rate:.0f} msg/s"
+
+    async def test_window_bounds_what_is_in_flight(self, broker: Broker, monkeypatch: Any) -> None:
+        from trustgraph_pubsub.backends import pulsar as pb
+
+        monkeypatch.setattr(pb, "WINDOW", 100)
+        b = broker.make_backend()
+        try:
+            name = fresh("window")
+            c = await b.create_consumer(name, "s", Item)
+            p = await b.create_producer(name, Item)
+            for i in range(1050):
+                await p.send(Item(i))
+                assert p._sent - p._flushed <= 100
+            assert p._flushed == 1000, "the window flushed at every 100 messages"
+            await p.close()
+            assert set(await drain(c)) == set(range(1050))
+        finally:
+            await b.close()
+
+    async def test_latency_bound_round_trip_skips_the_batching_delay(self, backend: Any) -> None:
+        req_t, resp_t = fresh("req"), fresh("resp")
+        req_c = await backend.create_consumer(req_t, "svc", Item)
+        resp_c = await backend.create_consumer(resp_t, "caller", Item)
+        req_p = await backend.create_producer(req_t, Item, latency_bound=True)
+        resp_p = await backend.create_producer(resp_t, Item, latency_bound=True)
+
+        async def responder() -> None:
+            while True:
+                m = await req_c.receive()
+                await req_c.acknowledge(m)
+                await resp_p.send(Item(m.value().n))
+
+        task = asyncio.create_task(responder())
+        try:
+            times = []
+            for i in range(40):
+                t0 = time.perf_counter()
+                await req_p.send(Item(i))
+                m = await resp_c.receive(timeout=10)
+                times.append(time.perf_counter() - t0)
+                assert m.value().n == i
+                await resp_c.acknowledge(m)
+        finally:
+            task.cancel()
+        p50 = statistics.median(times[5:])
+        # A batched producer waits out the client's 10 ms delay on each hop (20 ms a trip).
+        assert p50 < 0.010, f"latency-bound round trip p50 {p50 * 1000:.1f} ms"
+
+    async def test_lost_broker_is_reported_by_flush(self) -> None:
+        """A private broker dies under a pipelined producer: flush says messages may be lost."""
+        own = PulsarBroker()
+        own.start()
+        try:
+            b = get_pubsub(pubsub_backend="pulsar", pulsar_host=own.url, pulsar_send_timeout_ms=2000,
+                           pulsar_operation_timeout=3)
+            try:
+                p = await b.create_producer(fresh("lost"), Item)
+                await send_all(p, range(10))
+                own._terminate()
+                for i in range(10, 20):
+                    await p.send(Item(i))
+                t0 = time.monotonic()
+                with pytest.raises(ConnectionLostError) as err:
+                    await asyncio.wait_for(p.flush(), 30)
+                assert time.monotonic() - t0 < 15
+                assert "may not have reached the broker" in str(err.value)
+                with pytest.raises(ConnectionLostError):
+                    await p.send(Item(99))  # the producer stays failed: Producer recreates it
+            finally:
+                await asyncio.wait_for(b.close(), 30)
+        finally:
+            own.stop()
+
+    async def test_restart_keeps_producer_and_consumer(self) -> None:
+        """The client reconnects by itself: nothing to recreate after a restart."""
+        own = PulsarBroker()
+        own.start()
+        try:
+            b = get_pubsub(pubsub_backend="pulsar", pulsar_host=own.url)
+            try:
+                name = fresh("restart")
+                c = await b.create_consumer(name, "s", Item)
+                p = await b.create_producer(name, Item)
+                await send_all(p, range(5))
+                held = await c.receive(timeout=30)  # left unacked across the restart
+                await own.restart()
+                await asyncio.wait_for(send_all(p, range(5, 10)), 60)
+                got = await drain(c, quiet=5.0)
+                assert set(range(10)) - {held.value().n} <= set(got)
+            finally:
+                await asyncio.wait_for(b.close(), 30)
+        finally:
+            own.stop()
+
+    # -- queue lifecycle without the admin API -------------------------------------------
+
+    async def test_implicit_lifecycle(self, backend: Any) -> None:
+        assert not backend.capabilities.queue_lifecycle
+        name = fresh("lifecycle")
+        with pytest.raises(UnsupportedError) as err:
+            await backend.queue_exists(name, "s")
+        assert "--pulsar-admin-url" in str(err.value)
+        await backend.ensure_queue(name, "s")
+        await backend.ensure_queue(name, "s")
+        p = await backend.create_producer(name, Item)
+        await send_all(p, [1])  # before any consumer: the ensured subscription keeps it
+        c = await backend.create_consumer(name, "s", Item)
+        assert set(await drain(c)) == {1}
+        await c.close()
+        await send_all(p, [2, 3])
+        await backend.delete_queue(name, "s")  # unsubscribes: the backlog goes
+        c = await backend.create_consumer(name, "s", Item)
+        await send_all(p, [4])
+        assert set(await drain(c)) == {4}
+        await backend.delete_queue(name)  # cannot list subscriptions: documented no-op
+
+    async def test_unreachable_admin_api(self, broker: Broker) -> None:
+        from tests.brokers import free_port
+
+        port = free_port()
+        b = broker.make_backend(pulsar_admin_url=f"http://127.0.0.1:{port}")
+        try:
+            assert b.capabilities.queue_lifecycle
+            with pytest.raises(BrokerConnectionError) as err:
+                await b.queue_exists(fresh("admin"), "s")
+            assert f"127.0.0.1:{port}" in str(err.value) and "admin" in str(err.value)
+        finally:
+            await b.close()
+
+    # -- bad input ------------------------------------------------------------------------
+
+    async def test_refused_connection_is_quick_and_says_so(self, broker: Broker) -> None:
+        url = broker.refused_config()["pulsar_host"]
+        b = get_pubsub(pubsub_backend="pulsar", pulsar_host=url, pulsar_operation_timeout=3)
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(BrokerConnectionError) as err:
+                await b.create_consumer(fresh("refused"), "s", Item)
+            took = time.monotonic() - t0
+        finally:
+            await b.close()
+        assert took < 10, f"refused connection reported after {took:.1f}s"
+        text = str(err.value)
+        assert url.split("://")[1] in text and "refused" in text, text
+
+    async def test_default_operation_timeout_reports_refusal_within_ten_seconds(self, broker: Broker) -> None:
+        b = broker.make_backend(**broker.refused_config())
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(BrokerConnectionError):
+                await b.create_producer(fresh("refused10"), Item)
+            assert time.monotonic() - t0 < 14
+        finally:
+            await b.close()
+
+    def test_bad_options(self) -> None:
+        for kwargs, says in (
+            ({"pulsar_host": "localhost:6650"}, "--pulsar-host"),
+            ({"pulsar_host": "http://localhost:6650"}, "--pulsar-host"),
+            ({"pulsar_admin_url": "localhost:8080"}, "--pulsar-admin-url"),
+            ({"pulsar_operation_timeout": 0}, "--pulsar-operation-timeout"),
+            ({"pulsar_nack_delay_ms": -1}, "--pulsar-nack-delay-ms"),
+            ({"pulsar_operation_timeout": "soon"}, "--pulsar-operation-timeout"),
+        ):
+            with pytest.raises(ConfigurationError) as err:
+                get_pubsub(pubsub_backend="pulsar", **kwargs)
+            assert says in str(err.value), str(err.value)
+
+    async def test_bad_consumer_arguments(self, backend: Any) -> None:
+        name = fresh("badargs")
+        with pytest.raises(ConfigurationError, match="consumer_type"):
+            await backend.create_consumer(name, "s", Item, consumer_type="key_shared")
+        with pytest.raises(ConfigurationError, match="initial_position"):
+            await backend.create_consumer(name, "s", Item, initial_position="middle")
+        with pytest.raises(ConfigurationError, match="prefetch"):
+            await backend.create_consumer(name, "s", Item, prefetch=0)
+
+    async def test_token_never_shown(self, broker: Broker) -> None:
+        token = "secret-token-3d9a"
+        b = broker.make_backend(pulsar_api_key=token, pulsar_admin_url="http://u:pw@127.0.0.1:1")
+        try:
+            assert token not in repr(b) and "pw" not in repr(b) and "auth=token" in repr(b)
+            try:  # pulsar-lite ignores tokens; a real broker may refuse this one
+                p = await b.create_producer(fresh("token"), Item)
+                assert token not in repr(p)
+            except PubSubError as exc:
+                assert token not in str(exc)
+            with pytest.raises(PubSubError) as err:
+                await b.queue_exists(fresh("token"), "s")
+            assert token not in str(err.value) and "pw" not in str(err.value)
+        finally:
+            await b.close()
+
+    async def test_closed_backend_refuses_work(self, broker: Broker) -> None:
+        b = broker.make_backend()
+        p = await b.create_producer(fresh("closed"), Item)
+        c = await b.create_consumer(fresh("closed"), "s", Item)
+        await b.close()
+        await b.close()  # idempotent
+        with pytest.raises(ClosedError):
+            await p.send(Item(1))
+        with pytest.raises(ClosedError):
+            await c.receive(timeout=1)
+        with pytest.raises(ClosedError):
+            await b.create_producer(fresh("closed"), Item)

@@ -1,0 +1,1045 @@
+"""The Apache Pulsar backend, on ``pulsar-client``'s asyncio API.
+
+One ``pulsar.asyncio.Client`` per backend, made in a worker thread on the
+first ``create_*`` call.  Producers and consumers are ``pulsar.asyncio``
+objects; the hot paths call their C++ handles directly with callbacks that
+cross into the event loop through ``loop.call_soon_threadsafe`` (or run
+inline when the client completes on the calling thread), so nothing blocks
+the loop.
+
+Names (``trustgraph_pubsub.naming``): q0 -> ``non-persistent://t/ns/queue``,
+q1/q2 -> ``persistent://t/ns/queue``; a full Pulsar URI passes through.
+
+Choices where the contract leaves room, with why:
+
+* **Sends are pipelined.**  Awaiting each send's broker receipt costs a round
+  trip (and a batching delay) per message; a Python callback per message
+  costs most of the client's rate.  So at q0/q1 ``send`` hands the message to
+  the client without a callback and returns; every ``window`` messages (or
+  ``window_bytes``) it awaits the client's flush, which bounds what is in
+  flight and reports failures.  The client keeps unconfirmed messages across
+  a reconnect and resends them for ``send_timeout_ms``; when it gives up,
+  ``flush`` (and every later call) raises ``ConnectionLostError`` saying how
+  many messages may be lost, so that ``Producer`` recreates the producer.
+  q2 sends await the broker's receipt, one by one.
+* **Batching** is on for throughput producers (the client's default 10 ms
+  delay) and off for ``latency_bound=True`` (requests, replies, pushes), q2
+  and chunking producers: awaiting a batched send waits out the delay.  As
+  on any Pulsar broker without batch-index acknowledgement, the broker learns
+  of acks per batch: a consumer that closes part-way through a batch leaves
+  the whole batch to be redelivered, acked messages included (at-least-once
+  duplicates, never a loss).  Batch-index acks stay off: pulsar-lite treats
+  them as acks of the whole batch and loses the rest.
+* **Chunking**: ``create_producer(..., chunking=True)`` lets a payload exceed
+  the broker's ``maxMessageSize``; otherwise a payload (with its properties)
+  larger than it less 16 KiB of metadata raises ``MessageTooLargeError``
+  before it reaches the client (which would drop it).
+* **Consumers** keep one ``receive_async`` outstanding; ``prefetch`` is the
+  client's receiver queue.  A message the client already holds is delivered
+  inline, so a busy stream costs no thread hop per message.  Acks and nacks
+  are asynchronous calls into the client without a callback (a lost ack only
+  means a redelivery); the client groups acks and sends them every 100 ms,
+  so ``unsubscribe`` lets that pass first.  Nacked messages come back after
+  ``nack_delay_ms`` (default 1 s instead of the client's 60 s).
+  ``Message.redelivery_count`` is Pulsar's own count.
+* **close never unsubscribes**: it would delete the durable cursor and the
+  backlog.  ``unsubscribe()`` does.
+* **Consumer types** ``shared``, ``exclusive``, ``failover``.  A second
+  consumer on an exclusive subscription, or a consumer of another type,
+  opened through the same service URL in this process is refused at once
+  with ``PubSubError`` (Pulsar's ConsumerBusy), without asking the broker.
+* **Reconnection** is the client's: producers and consumers reconnect by
+  themselves after a broker restart, with unacked messages redelivered.  A
+  call that finds the connection gone for good raises ``ConnectionLostError``.
+  A create that cannot reach the broker raises ``BrokerConnectionError`` after
+  ``operation_timeout`` seconds, with what a TCP probe of the address found.
+* **Queue lifecycle.**  With ``admin_url`` the admin REST API creates, checks
+  and deletes topics and subscriptions (``Capabilities.queue_lifecycle``).
+  Without it, queues are implicit: ``create_queue``/``ensure_queue`` still
+  make the durable subscription, by subscribing and closing (a Pulsar user's
+  way to make messages wait for a consumer); ``delete_queue(topic, sub)``
+  unsubscribes it; ``delete_queue(topic)`` cannot find a topic's
+  subscriptions and does nothing; ``queue_exists`` cannot know and raises
+  ``UnsupportedError`` rather than guess.
+* **Auth**: ``api_key`` is a token (``AuthenticationToken``); it never
+  appears in a repr, log line or error.  ``listener`` picks an advertised
+  listener.
+* **The client's own log** (C++) goes to its console logger (standard
+  output) at WARN and above, not to ``logging``: with a Python logger the client calls into Python for
+  every line it produces, debug lines for every message included, which
+  halves the send rate (measured) and has deadlocked at interpreter exit in
+  past client versions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import _pulsar  # type: ignore[import-not-found]  # pulsar-client's C extension
+import pulsar
+import pulsar.asyncio as pulsar_asyncio
+
+from .. import naming
+from ..backend import (
+    BaseMessage,
+    Capabilities,
+    ConsumerType,
+    InitialPosition,
+    Message,
+    check_properties,
+    encode_payload,
+    iterate_messages,
+)
+from ..errors import (
+    AuthenticationError,
+    BadTopicError,
+    BrokerConnectionError,
+    ClosedError,
+    ConfigurationError,
+    ConnectionLostError,
+    MessageTooLargeError,
+    PubSubError,
+    PubSubTimeoutError,
+    QueueNotFoundError,
+    UnsupportedError,
+)
+
+log = logging.getLogger(__name__)
+
+#: bytes kept back from ``maxMessageSize``: the C++ client reserves 10 KiB for message
+#: metadata, and a batch adds per-message framing on top (6 KiB is ample for it).
+METADATA_RESERVE = 16 * 1024
+#: messages / bytes a pipelined producer may have in flight before ``send`` awaits a flush.
+WINDOW = 10_000
+WINDOW_BYTES = 32 * 1024 * 1024
+#: seconds for the client's grouped acks (sent every 100 ms) to reach the broker.
+ACK_FLUSH = 0.2
+#: calls answered without waiting before one yields to the event loop (inlined counters:
+#: a coroutine per call would cost more than the call).
+_YIELD_EVERY = 64
+
+_CONSUMER_TYPES: dict[str, Any] = {
+    "shared": pulsar.ConsumerType.Shared,
+    "exclusive": pulsar.ConsumerType.Exclusive,
+    "failover": pulsar.ConsumerType.Failover,
+}
+_POSITIONS: dict[str, Any] = {
+    "earliest": pulsar.InitialPosition.Earliest,
+    "latest": pulsar.InitialPosition.Latest,
+}
+_R = _pulsar.Result
+_CONNECTION_RESULTS = frozenset({
+    _R.ConnectError, _R.NotConnected, _R.ReadError, _R.Timeout, _R.LookupError,
+    _R.ServiceUnitNotReady, _R.TooManyLookupRequestException, _R.BrokerMetadataError,
+    _R.BrokerPersistenceError, _R.Interrupted,
+})
+_AUTH_RESULTS = frozenset({
+    _R.AuthenticationError, _R.AuthorizationError, _R.ErrorGettingAuthenticationData,
+})
+
+#: (service URL, native topic, subscription) -> [consumer type, consumers open]: the
+#: consumers this process holds, so a busy exclusive subscription is refused here
+#: (pulsar-lite drops the whole connection instead of answering ConsumerBusy).
+_HELD: dict[tuple[str, str, str], list[Any]] = {}
+_HELD_LOCK = threading.Lock()
+
+
+def _redact(url: str | None) -> str | None:
+    """``url`` without any ``user:password@`` part."""
+    if not url or "@" not in url:
+        return url
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=host))
+
+
+def _qos(topic: str) -> str:
+    """The qos a topic is used with: a Pulsar URI's scheme says q0 or q1."""
+    if "://" in topic:
+        return "q0" if topic.startswith("non-persistent://") else "q1"
+    return naming.parse(topic).qos
+
+
+def _result(exc: BaseException) -> Any:
+    """The ``pulsar.Result`` of a client exception, or None."""
+    if isinstance(exc, pulsar_asyncio.PulsarException):
+        return exc.error()
+    return None
+
+
+class _LoopCallback:
+    """Completes a future on its loop from whatever thread the client calls back on."""
+
+    __slots__ = ("loop", "thread")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.thread = threading.get_ident()
+
+    def call(self, fn: Callable[..., None], *args: Any) -> None:
+        if threading.get_ident() == self.thread:
+            fn(*args)
+        else:
+            try:
+                self.loop.call_soon_threadsafe(fn, *args)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                pass
+
+
+def _settle(fut: asyncio.Future[Any], error: Callable[[Any], BaseException], result: Any,
+            value: Any = None) -> None:
+    if fut.done():
+        return
+    if result == _R.Ok:
+        fut.set_result(value)
+    else:
+        fut.set_exception(error(result))
+
+
+class PulsarProducer:
+    """A producer on one topic; see the module docstring for how sends are pipelined."""
+
+    def __init__(
+        self,
+        backend: PulsarBackend,
+        topic: str,
+        native: str,
+        schema: type[Any] | None,
+        producer: Any,
+        *,
+        confirm: bool,
+        max_payload: int | None,
+        window: int,
+        window_bytes: int,
+    ) -> None:
+        self.topic = topic
+        self.native = native
+        self._backend = backend
+        self._schema = schema
+        self._producer = producer
+        self._raw = producer._producer
+        self._confirm = confirm
+        self._max_payload = max_payload
+        self._window = window
+        self._window_bytes = window_bytes
+        self._sent = 0
+        self._sent_bytes = 0
+        self._flushed = 0
+        self._flushed_bytes = 0
+        self._window_flush: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
+        self._closed = False
+        self._calls = 0
+
+    def _check(self) -> None:
+        if self._closed:
+            raise ClosedError(f"producer for {self.topic} is closed; create a new one")
+        if self._error is not None:
+            raise self._error
+
+    def _failure(self, result: Any) -> BaseException:
+        return self._backend._client_error(result, f"send to {self.topic}", after_connect=True)
+
+    async def send(
+        self,
+        message: Any,
+        properties: Mapping[str, str] | None = None,
+        *,
+        key: str | None = None,
+    ) -> None:
+        if self._closed or self._error is not None:
+            self._check()
+        data = encode_payload(self._schema, message, self.topic)
+        props = check_properties(properties, self.topic) if properties else None
+        if self._max_payload is not None and len(data) > self._max_payload - 1024:
+            size = len(data) + sum(len(k.encode()) + len(v.encode()) + 8
+                                   for k, v in (props or {}).items())
+            size += 0 if key is None else len(key.encode()) + 8
+            if size > self._max_payload:
+                raise MessageTooLargeError(
+                    f"message of {size} bytes (payload and properties) for {self.topic} exceeds "
+                    f"the {self._max_payload} bytes Pulsar accepts (broker maxMessageSize less "
+                    "16 KiB of metadata); create the producer with chunking=True, or raise "
+                    "--pulsar-max-message-size together with the broker's maxMessageSize"
+                )
+        builder = _pulsar.MessageBuilder()
+        builder.content(data)
+        if props:
+            for k, v in props.items():
+                builder.property(k, v)
+        if key is not None:
+            builder.partition_key(key)
+        msg = builder.build()
+        if self._confirm:
+            loop = asyncio.get_running_loop()
+            fut: asyncio.Future[None] = loop.create_future()
+            cb = _LoopCallback(loop)
+            self._raw.send_async(
+                msg, lambda result, _id: cb.call(_settle, fut, self._failure, result)
+            )
+            await fut
+            return
+        # No callback: the client's rate drops about fivefold with one per message.
+        # Failures surface from the flush below (the client fails every pending
+        # message together), and nothing the client would drop silently gets here:
+        # sizes are checked above, the window stays under max_pending_messages.
+        self._raw.send_async(msg, None)
+        self._sent += 1
+        self._sent_bytes += len(data)
+        if (
+            self._sent - self._flushed >= self._window
+            or self._sent_bytes - self._flushed_bytes >= self._window_bytes
+        ):
+            await self._flush_window()
+        else:
+            self._calls += 1
+            if self._calls >= _YIELD_EVERY:
+                self._calls = 0
+                await asyncio.sleep(0)
+
+    async def _flush_window(self) -> None:
+        """One flush for every sender that found the window full."""
+        if self._window_flush is None:
+            self._window_flush = asyncio.ensure_future(self._flush())
+        fut = self._window_flush
+        try:
+            await asyncio.shield(fut)
+        finally:
+            if self._window_flush is fut and fut.done():
+                self._window_flush = None
+
+    async def _flush(self) -> None:
+        mark, mark_bytes = self._sent, self._sent_bytes
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        cb = _LoopCallback(loop)
+        try:
+            self._raw.flush_async(lambda result: cb.call(_settle, fut, self._failure, result))
+            await fut
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            lost = self._sent - self._flushed
+            err = ConnectionLostError(
+                f"Pulsar did not confirm messages sent to {self.topic} ({exc}); up to {lost} "
+                "sent since the last confirmed flush may not have reached the broker"
+            )
+            self._error = err
+            raise err from exc
+        self._flushed = max(self._flushed, mark)
+        self._flushed_bytes = max(self._flushed_bytes, mark_bytes)
+
+    async def flush(self) -> None:
+        """Wait until the broker confirmed every message sent so far."""
+        self._check()
+        if self._sent == self._flushed:
+            return
+        await self._flush()
+
+    async def close(self) -> None:
+        """Flush, then close the producer.  Idempotent; a failed flush is raised after closing."""
+        if self._closed:
+            return
+        flush_error: BaseException | None = None
+        if self._error is None:
+            try:
+                await self.flush()
+            except PubSubError as exc:
+                flush_error = exc
+        self._closed = True
+        self._backend._producers.discard(self)
+        try:
+            await asyncio.wait_for(self._producer.close(), self._backend.operation_timeout + 5)
+        except Exception as exc:
+            log.debug("closing producer for %s: %r", self.topic, exc)
+        if flush_error is not None:
+            raise flush_error
+
+    def __repr__(self) -> str:
+        return (
+            f"<PulsarProducer topic={self.topic!r} native={self.native!r} "
+            f"in_flight={self._sent - self._flushed} closed={self._closed}>"
+        )
+
+
+class PulsarConsumer:
+    """A consumer on one subscription; receive, ack and nack never block the loop."""
+
+    def __init__(
+        self,
+        backend: PulsarBackend,
+        topic: str,
+        native: str,
+        subscription: str,
+        schema: type[Any] | None,
+        consumer: Any,
+        held: tuple[str, str, str],
+    ) -> None:
+        self.topic = topic
+        self.native = native
+        self.subscription = subscription
+        self._backend = backend
+        self._schema = schema
+        self._consumer = consumer
+        self._raw = consumer._consumer
+        self._held = held
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
+        self._cb = _LoopCallback(self._loop)
+        self._buffer: deque[Any] = deque()
+        self._waiters: deque[asyncio.Future[Any]] = deque()
+        self._pending = False
+        self._pumping = False
+        self._error: BaseException | None = None
+        self._closed = False
+        self._calls = 0
+        self._last_ack = 0.0
+
+    # -- receiving ----------------------------------------------------------
+
+    def _on_receive(self, result: Any, msg: Any) -> None:
+        """Client callback, inline on the loop's thread or on one of the client's."""
+        if threading.get_ident() == self._thread:
+            self._deliver(result, msg)
+        else:
+            try:
+                self._loop.call_soon_threadsafe(self._deliver, result, msg)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                pass
+
+    def _deliver(self, result: Any, msg: Any) -> None:
+        self._pending = False
+        if result != _R.Ok:
+            if self._closed:
+                return
+            err = self._backend._client_error(
+                result, f"receive from {self.topic} (subscription {self.subscription!r})",
+                after_connect=True,
+            )
+            self._error = err
+            while self._waiters:
+                w = self._waiters.popleft()
+                if not w.done():
+                    w.set_exception(err)
+            return
+        waiters = self._waiters
+        while waiters:
+            w = waiters.popleft()
+            if not w.done():
+                w.set_result(msg)
+                if waiters:
+                    self._pump()
+                return
+        self._buffer.append(msg)
+
+    def _pump(self) -> None:
+        """Keep one ``receive_async`` outstanding while someone waits."""
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while (
+                not self._pending
+                and not self._closed
+                and self._error is None
+                and any(not w.done() for w in self._waiters)
+            ):
+                self._pending = True
+                self._raw.receive_async(self._on_receive)
+        finally:
+            self._pumping = False
+
+    def _message(self, raw: Any) -> BaseMessage:
+        return BaseMessage(
+            raw.data(), raw.properties(), self.topic, self._schema, raw.redelivery_count(), raw
+        )
+
+    async def receive(self, timeout: float | None = None) -> BaseMessage:  # noqa: ASYNC109 (contract)
+        if not self._buffer and not self._waiters and not self._pending:
+            # Fast path: ask the client; a message it already holds comes back inline.
+            self._check()
+            self._pending = True
+            self._raw.receive_async(self._on_receive)
+        if self._buffer:
+            self._calls += 1
+            if self._calls >= _YIELD_EVERY:
+                self._calls = 0
+                await asyncio.sleep(0)
+            if self._buffer:  # (another task may have taken it while we yielded)
+                return self._message(self._buffer.popleft())
+        self._check()
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        self._waiters.append(fut)
+        self._pump()
+        timer = None
+        if timeout is not None and not fut.done():
+            timer = self._loop.call_later(timeout, self._expire, fut, timeout)
+        try:
+            raw = await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._buffer.appendleft(fut.result())  # handed over as we were cancelled
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+            try:
+                self._waiters.remove(fut)
+            except ValueError:
+                pass
+        return self._message(raw)
+
+    def _expire(self, fut: asyncio.Future[Any], timeout: float) -> None:
+        if not fut.done():
+            fut.set_exception(
+                PubSubTimeoutError(
+                    f"no message on {self.topic} (subscription {self.subscription!r}) "
+                    f"within {timeout}s"
+                )
+            )
+
+    def _check(self) -> None:
+        if self._closed:
+            raise ClosedError(
+                f"consumer on {self.topic} (subscription {self.subscription!r}) is closed"
+            )
+        if self._error is not None:
+            raise self._error
+
+    # -- settling -----------------------------------------------------------
+
+    def _handle(self, message: Any) -> Any:
+        handle = getattr(message, "handle", None)
+        if not isinstance(handle, _pulsar.Message):
+            raise TypeError(
+                f"consumer on {self.topic} can only acknowledge messages it received, "
+                f"got {type(message).__name__}"
+            )
+        return handle
+
+    async def acknowledge(self, message: Any) -> None:
+        """Acknowledge this message only; the client sends acks grouped, in the background."""
+        handle = self._handle(message)
+        self._check()
+        # No callback: a failed ack only means a redelivery (at-least-once), and a
+        # Python callback per ack costs a GIL hand-over per message.
+        self._raw.acknowledge_async(handle, None)
+        self._last_ack = self._loop.time()
+        self._calls += 1
+        if self._calls >= _YIELD_EVERY:
+            self._calls = 0
+            await asyncio.sleep(0)
+
+    async def negative_acknowledge(self, message: Any) -> None:
+        """Redeliver this message after the backend's ``nack_delay_ms``."""
+        handle = self._handle(message)
+        self._check()
+        self._raw.negative_acknowledge_async(handle, None)
+        await asyncio.sleep(0)
+
+    # -- ending -------------------------------------------------------------
+
+    def _end(self, error: BaseException) -> None:
+        self._closed = True
+        self._backend._consumers.discard(self)
+        self._backend._release(self._held)
+        while self._waiters:
+            w = self._waiters.popleft()
+            if not w.done():
+                w.set_exception(error)
+        self._buffer.clear()  # unacked: the broker redelivers them
+
+    async def unsubscribe(self) -> None:
+        """Delete the durable subscription and its backlog, then close."""
+        self._check()
+        # The client sends acks grouped, every 100 ms, and does not flush them before
+        # unsubscribing: acks arriving after it name a consumer the broker has removed
+        # (pulsar-lite answers that by dropping the connection).  Let them go first.
+        wait = self._last_ack + ACK_FLUSH - self._loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        loop = self._loop
+        fut: asyncio.Future[None] = loop.create_future()
+        self._raw.unsubscribe_async(
+            lambda result: self._cb.call(
+                _settle, fut,
+                lambda r: self._backend._client_error(
+                    r, f"unsubscribe {self.subscription!r} from {self.topic}", after_connect=True
+                ),
+                result,
+            )
+        )
+        try:
+            await asyncio.wait_for(fut, self._backend.operation_timeout + 5)
+        except TimeoutError as exc:
+            raise ConnectionLostError(
+                f"Pulsar did not confirm unsubscribing {self.subscription!r} from {self.topic} "
+                f"within {self._backend.operation_timeout + 5}s"
+            ) from exc
+        # Unsubscribing closed the consumer in the client too.  A close on top would
+        # flush grouped acks for a consumer the broker no longer knows (pulsar-lite
+        # then drops the whole connection).
+        self._end(ClosedError(f"consumer on {self.topic} unsubscribed"))
+
+    async def close(self) -> None:
+        """Close; the subscription and its unacked messages stay on the broker.  Idempotent."""
+        if self._closed:
+            return
+        self._end(ClosedError(f"consumer on {self.topic} is closed"))
+        try:
+            await asyncio.wait_for(self._consumer.close(), self._backend.operation_timeout + 5)
+        except Exception as exc:
+            log.debug("closing consumer on %s: %r", self.topic, exc)
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return iterate_messages(self)
+
+    def __repr__(self) -> str:
+        return (
+            f"<PulsarConsumer topic={self.topic!r} native={self.native!r} "
+            f"subscription={self.subscription!r} closed={self._closed}>"
+        )
+
+
+class PulsarBackend:
+    """Pulsar through ``pulsar-client``; options as in ``factory.BACKEND_OPTIONS['pulsar']``."""
+
+    name = "pulsar"
+
+    def __init__(
+        self,
+        host: str = "pulsar://localhost:6650",
+        api_key: str | None = None,
+        listener: str | None = None,
+        admin_url: str | None = None,
+        nack_delay_ms: int = 1000,
+        operation_timeout: int = 10,
+        send_timeout_ms: int = 30000,
+        max_message_size: int = 5 * 1024 * 1024,
+    ) -> None:
+        if not isinstance(host, str) or not host.startswith(("pulsar://", "pulsar+ssl://")):
+            raise ConfigurationError(
+                f"--pulsar-host {_redact(str(host))!r} is not a Pulsar service URL "
+                "(expected pulsar://host:6650 or pulsar+ssl://host:6651)"
+            )
+        if admin_url is not None and not admin_url.startswith(("http://", "https://")):
+            raise ConfigurationError(
+                f"--pulsar-admin-url {_redact(admin_url)!r} is not an HTTP URL "
+                "(expected http://host:8080)"
+            )
+        for flag, value, low in (
+            ("--pulsar-nack-delay-ms", nack_delay_ms, 0),
+            ("--pulsar-operation-timeout", operation_timeout, 1),
+            ("--pulsar-send-timeout-ms", send_timeout_ms, 0),
+            ("--pulsar-max-message-size", max_message_size, METADATA_RESERVE + 1),
+        ):
+            if not isinstance(value, int) or value < low:
+                raise ConfigurationError(f"{flag} must be an integer >= {low}, got {value!r}")
+        self.host = host
+        self.listener = listener
+        self.admin_url = admin_url.rstrip("/") if admin_url else None
+        self.nack_delay_ms = nack_delay_ms
+        self.operation_timeout = operation_timeout
+        self.send_timeout_ms = send_timeout_ms
+        self.max_payload = max_message_size - METADATA_RESERVE
+        self.__api_key = api_key
+        self.capabilities = Capabilities(
+            persistent=True,
+            replay_from_earliest=True,
+            native_nack=True,
+            ordering=True,
+            consumer_groups=True,
+            max_message_size=self.max_payload,
+            queue_lifecycle=self.admin_url is not None,
+            redelivery_count=True,
+            consumer_types=frozenset(_CONSUMER_TYPES),
+            exactly_once=False,
+        )
+        self._client: Any = None
+        self._client_lock = asyncio.Lock()
+        self._producers: set[PulsarProducer] = set()
+        self._consumers: set[PulsarConsumer] = set()
+        self._closed = False
+
+    # -- the client ---------------------------------------------------------
+
+    def _make_client(self) -> Any:
+        auth = pulsar.AuthenticationToken(self.__api_key) if self.__api_key else None
+        try:
+            return pulsar_asyncio.Client(
+                self.host,
+                authentication=auth,
+                operation_timeout_seconds=self.operation_timeout,
+                connection_timeout_ms=min(10_000, self.operation_timeout * 1000),
+                listener_name=self.listener or None,
+                logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn),
+            )
+        except Exception as exc:
+            raise ConfigurationError(
+                f"--pulsar-host {_redact(self.host)!r}: the Pulsar client refused it "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
+
+    async def _get_client(self) -> Any:
+        if self._closed:
+            raise ClosedError("Pulsar backend is closed; create a new one with get_pubsub()")
+        if self._client is None:
+            async with self._client_lock:
+                if self._client is None:
+                    self._client = await asyncio.to_thread(self._make_client)
+        return self._client
+
+    def _client_error(self, result: Any, what: str, *, after_connect: bool,
+                      probe: str = "") -> PubSubError:
+        """The SDK exception for a client result code; never mentions the token."""
+        name = getattr(result, "name", str(result))
+        where = _redact(self.host)
+        if result in _AUTH_RESULTS:
+            return AuthenticationError(
+                f"Pulsar at {where} rejected the credentials ({name}) on {what}: "
+                "check --pulsar-api-key (the token) and its permissions"
+            )
+        if result == _R.MessageTooBig:
+            return MessageTooLargeError(
+                f"{what}: Pulsar refused the message as too big ({name}); use chunking=True"
+            )
+        if result == _R.InvalidTopicName:
+            return BadTopicError(f"{what}: Pulsar refused the topic name ({name})")
+        if result in (_R.TopicNotFound, _R.SubscriptionNotFound):
+            return QueueNotFoundError(f"{what}: {name} on Pulsar at {where}")
+        if result in (_R.AlreadyClosed, _R.ConsumerNotInitialized, _R.ProducerNotInitialized):
+            if after_connect:
+                return ConnectionLostError(
+                    f"{what}: the Pulsar client closed it ({name}); recreate it"
+                )
+            return ClosedError(f"{what}: the Pulsar client is closed ({name})")
+        if result in (_R.ConsumerBusy, _R.ProducerBusy, _R.ProducerFenced):
+            return PubSubError(
+                f"{what}: Pulsar says the subscription or topic is busy ({name}): an exclusive "
+                "consumer or producer already holds it"
+            )
+        if result in _CONNECTION_RESULTS or result == _R.TopicTerminated:
+            if after_connect:
+                return ConnectionLostError(f"{what}: lost Pulsar at {where} ({name})")
+            found = f"; {probe}" if probe else ""
+            return BrokerConnectionError(
+                f"could not reach Pulsar at {where} to {what} within "
+                f"{self.operation_timeout}s ({name}{found}): is the broker running and "
+                "--pulsar-host right?"
+            )
+        return PubSubError(f"{what}: Pulsar answered {name}")
+
+    async def _probe(self) -> str:
+        """What a plain TCP connection to the service address finds (for error messages)."""
+        parts = urllib.parse.urlsplit(self.host.split(",")[0])
+        host = parts.hostname or "localhost"
+        port = parts.port or (6651 if parts.scheme == "pulsar+ssl" else 6650)
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 3)
+        except ConnectionRefusedError:
+            return f"connection to {host}:{port} refused"
+        except (TimeoutError, OSError) as exc:
+            return f"TCP connect to {host}:{port} failed: {exc or type(exc).__name__}"
+        writer.close()
+        return f"{host}:{port} accepts TCP connections but the Pulsar handshake did not complete"
+
+    async def _create(self, what: str, make: Callable[[], Any]) -> Any:
+        """Run a client create call; map its failure to the SDK's exception."""
+        try:
+            return await make()
+        except pulsar_asyncio.PulsarException as exc:
+            result = exc.error()
+            probe = ""
+            if result in _CONNECTION_RESULTS:
+                probe = await self._probe()
+            raise self._client_error(result, what, after_connect=False, probe=probe) from exc
+
+    # -- producers ------------------------------------------------------------
+
+    async def create_producer(
+        self, topic: str, schema: type[Any] | None, **opts: Any
+    ) -> PulsarProducer:
+        """Open a producer.  ``opts``: ``latency_bound`` (bool), ``chunking`` (bool);
+        others are ignored."""
+        native = naming.pulsar_topic(topic)
+        qos = _qos(topic)
+        latency_bound = bool(opts.get("latency_bound", False))
+        chunking = bool(opts.get("chunking", False))
+        confirm = qos == "q2"
+        client = await self._get_client()
+        producer = await self._create(
+            f"create a producer for {topic}",
+            lambda: client.create_producer(
+                native,
+                send_timeout_millis=self.send_timeout_ms,
+                max_pending_messages=WINDOW + 1000,
+                block_if_queue_full=False,
+                batching_enabled=not (latency_bound or chunking or confirm),
+                chunking_enabled=chunking,
+            ),
+        )
+        p = PulsarProducer(
+            self, topic, native, schema, producer,
+            confirm=confirm,
+            max_payload=None if chunking else self.max_payload,
+            window=WINDOW,
+            window_bytes=WINDOW_BYTES,
+        )
+        if self._closed:
+            await p.close()
+            raise ClosedError("Pulsar backend was closed while a producer was created")
+        self._producers.add(p)
+        return p
+
+    # -- consumers ------------------------------------------------------------
+
+    def _hold(self, key: tuple[str, str, str], consumer_type: str, topic: str) -> None:
+        with _HELD_LOCK:
+            held = _HELD.get(key)
+            if held is not None and held[1] > 0:
+                if held[0] == "exclusive" or consumer_type == "exclusive":
+                    raise PubSubError(
+                        f"subscription {key[2]!r} on topic {topic!r} already has "
+                        f"{'an exclusive' if held[0] == 'exclusive' else 'a ' + held[0]} consumer "
+                        "in this process (Pulsar ConsumerBusy); close it first, or use another "
+                        "subscription name or consumer_type='shared'/'failover'"
+                    )
+                if held[0] != consumer_type:
+                    raise PubSubError(
+                        f"subscription {key[2]!r} on topic {topic!r} has {held[0]} consumers; "
+                        f"a {consumer_type} consumer cannot join (use the same consumer_type "
+                        "or another subscription)"
+                    )
+                held[1] += 1
+            else:
+                _HELD[key] = [consumer_type, 1]
+
+    def _release(self, key: tuple[str, str, str]) -> None:
+        with _HELD_LOCK:
+            held = _HELD.get(key)
+            if held is not None:
+                held[1] -= 1
+                if held[1] <= 0:
+                    del _HELD[key]
+
+    async def create_consumer(
+        self,
+        topic: str,
+        subscription: str,
+        schema: type[Any] | None,
+        initial_position: InitialPosition = "latest",
+        consumer_type: ConsumerType = "shared",
+        **opts: Any,
+    ) -> PulsarConsumer:
+        """Subscribe.  ``opts``: ``prefetch`` (int, the client's receiver queue,
+        default 1000); others are ignored."""
+        native = naming.pulsar_topic(topic)
+        naming.check_subscription(subscription, topic)
+        if initial_position not in _POSITIONS:
+            raise ConfigurationError(
+                f"initial_position {initial_position!r} for {topic}: expected 'earliest' or 'latest'"
+            )
+        if consumer_type not in _CONSUMER_TYPES:
+            raise ConfigurationError(
+                f"consumer_type {consumer_type!r} for {topic}: expected one of "
+                f"{', '.join(sorted(_CONSUMER_TYPES))}"
+            )
+        prefetch = opts.get("prefetch")
+        queue = 1000 if prefetch is None else int(prefetch)
+        if queue < 1:
+            raise ConfigurationError(f"prefetch for {topic} must be >= 1, got {prefetch!r}")
+        client = await self._get_client()
+        key = (self.host, native, subscription)
+        self._hold(key, consumer_type, topic)
+        try:
+            consumer = await self._create(
+                f"subscribe {subscription!r} to {topic}",
+                lambda: client.subscribe(
+                    native,
+                    subscription,
+                    consumer_type=_CONSUMER_TYPES[consumer_type],
+                    receiver_queue_size=queue,
+                    negative_ack_redelivery_delay_ms=self.nack_delay_ms,
+                    initial_position=_POSITIONS[initial_position],
+                ),
+            )
+        except BaseException:
+            self._release(key)
+            raise
+        c = PulsarConsumer(self, topic, native, subscription, schema, consumer, key)
+        if self._closed:
+            await c.close()
+            raise ClosedError("Pulsar backend was closed while a consumer was created")
+        self._consumers.add(c)
+        return c
+
+    # -- queue lifecycle --------------------------------------------------------
+
+    async def _admin(self, method: str, path: str, what: str, body: Any = None) -> tuple[int, bytes]:
+        """One admin REST call in a worker thread: ``(status, body)``; transport errors raised."""
+        assert self.admin_url is not None
+        url = f"{self.admin_url}/admin/v2/{path}"
+        headers = {"Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        if self.__api_key:
+            headers["Authorization"] = f"Bearer {self.__api_key}"
+        request = urllib.request.Request(url, data=data, method=method, headers=headers)
+        timeout = self.operation_timeout
+
+        def call() -> tuple[int, bytes]:
+            try:
+                with urllib.request.urlopen(request, timeout=timeout) as resp:
+                    return int(resp.status), bytes(resp.read())
+            except urllib.error.HTTPError as exc:
+                return int(exc.code), bytes(exc.read() or b"")
+
+        try:
+            status, payload = await asyncio.to_thread(call)
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise BrokerConnectionError(
+                f"could not reach the Pulsar admin API at {_redact(self.admin_url)} to {what} "
+                f"({reason}): is --pulsar-admin-url right?"
+            ) from exc
+        if status in (401, 403):
+            raise AuthenticationError(
+                f"the Pulsar admin API at {_redact(self.admin_url)} refused to {what} "
+                f"(HTTP {status}): check --pulsar-api-key and its admin permissions"
+            )
+        return status, payload
+
+    def _admin_failed(self, what: str, status: int, payload: bytes) -> PubSubError:
+        text = payload.decode("utf-8", "replace")[:300]
+        return PubSubError(
+            f"the Pulsar admin API at {_redact(self.admin_url)} could not {what}: HTTP {status} {text}"
+        )
+
+    async def _subscribe_once(self, topic: str, subscription: str, unsubscribe: bool) -> None:
+        """Make (and keep, or delete) a durable subscription through the binary protocol."""
+        c = await self.create_consumer(topic, subscription, None, "latest", "shared", prefetch=1)
+        if unsubscribe:
+            await c.unsubscribe()
+        else:
+            await c.close()
+
+    def _held_here(self, topic: str, subscription: str) -> bool:
+        with _HELD_LOCK:
+            held = _HELD.get((self.host, naming.pulsar_topic(topic), subscription))
+            return held is not None and held[1] > 0
+
+    async def create_queue(self, topic: str, subscription: str) -> None:
+        """Create the topic and its durable subscription (from the latest message).
+
+        Idempotent: an existing topic or subscription is left as it is.  Without
+        an admin URL the subscription is made by subscribing and closing.
+        """
+        path = naming.pulsar_admin_path(topic)
+        sub_path = naming.pulsar_admin_path(topic, subscription)
+        if self._closed:
+            raise ClosedError("Pulsar backend is closed; create a new one with get_pubsub()")
+        if self.admin_url is None:
+            if _qos(topic) != "q0" and not self._held_here(topic, subscription):
+                await self._subscribe_once(topic, subscription, unsubscribe=False)
+            return
+        what = f"create topic {topic}"
+        status, payload = await self._admin("PUT", path, what)
+        if status not in (200, 204, 409):
+            raise self._admin_failed(what, status, payload)
+        if _qos(topic) == "q0":
+            return  # a non-persistent subscription lives only while a consumer is attached
+        what = f"create subscription {subscription!r} on {topic}"
+        status, payload = await self._admin("PUT", sub_path, what)
+        if status not in (200, 204, 409):
+            raise self._admin_failed(what, status, payload)
+
+    async def ensure_queue(self, topic: str, subscription: str) -> None:
+        """Create the queue if it is missing; idempotent (``create_queue`` already is)."""
+        await self.create_queue(topic, subscription)
+
+    async def queue_exists(self, topic: str, subscription: str) -> bool:
+        """Whether the subscription exists on the topic; needs the admin API.
+
+        Without ``admin_url`` this raises ``UnsupportedError``: Pulsar's binary
+        protocol cannot tell, and guessing would claim a queue that may not exist.
+        """
+        path = naming.pulsar_admin_path(topic)
+        naming.check_subscription(subscription, topic)
+        if self.admin_url is None:
+            raise UnsupportedError(
+                f"cannot tell whether subscription {subscription!r} on {topic} exists without "
+                "the Pulsar admin API: set --pulsar-admin-url (Capabilities.queue_lifecycle is False)"
+            )
+        what = f"list the subscriptions of {topic}"
+        status, payload = await self._admin("GET", f"{path}/subscriptions", what)
+        if status == 404:
+            return False
+        if status != 200:
+            raise self._admin_failed(what, status, payload)
+        try:
+            subs = json.loads(payload)
+        except ValueError as exc:
+            raise self._admin_failed(what, status, payload) from exc
+        return subscription in subs
+
+    async def delete_queue(self, topic: str, subscription: str | None = None) -> None:
+        """Delete the subscription and its backlog, or with ``subscription=None`` the
+        topic and every subscription on it.  Missing ones are not an error.
+
+        Without an admin URL a subscription is deleted by subscribing and
+        unsubscribing; a whole topic cannot be (its subscriptions cannot be
+        listed), so that call does nothing.
+        """
+        path = naming.pulsar_admin_path(topic, subscription)
+        if self._closed:
+            raise ClosedError("Pulsar backend is closed; create a new one with get_pubsub()")
+        if self.admin_url is None:
+            if subscription is None:
+                log.debug("delete_queue(%s): no admin URL, topic deletion skipped", topic)
+            elif _qos(topic) != "q0":
+                await self._subscribe_once(topic, subscription, unsubscribe=True)
+            return
+        what = f"delete {'topic ' + topic if subscription is None else repr(subscription) + ' on ' + topic}"
+        status, payload = await self._admin("DELETE", f"{path}?force=true", what)
+        if status not in (200, 204, 404):
+            raise self._admin_failed(what, status, payload)
+
+    # -- the backend ------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Close every producer (flushed) and consumer, then the client.  Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        results = await asyncio.gather(
+            *(p.close() for p in list(self._producers)),
+            *(c.close() for c in list(self._consumers)),
+            return_exceptions=True,
+        )
+        for r in results:
+            if isinstance(r, BaseException):
+                log.warning("closing the Pulsar backend: %r", r)
+        async with self._client_lock:
+            client, self._client = self._client, None
+        if client is not None:
+            try:
+                await asyncio.wait_for(client.close(), self.operation_timeout + 5)
+            except Exception as exc:
+                log.debug("closing the Pulsar client: %r", exc)
+
+    def __repr__(self) -> str:
+        auth = " auth=token" if self.__api_key else ""
+        listener = f" listener={self.listener!r}" if self.listener else ""
+        admin = f" admin_url={_redact(self.admin_url)!r}" if self.admin_url else ""
+        return f"<PulsarBackend host={_redact(self.host)!r}{listener}{admin}{auth}>"
