@@ -1,0 +1,5 @@
+from tests.conformance.battery import Battery
+
+
+class TestMQTT(Battery):
+    broker_name = "mqtt"

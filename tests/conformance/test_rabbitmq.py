@@ -1,0 +1,5 @@
+from tests.conformance.battery import Battery
+
+
+class TestRabbitMQ(Battery):
+    broker_name = "rabbitmq"
