@@ -17,6 +17,9 @@ mark the last one with ``final="true"``; a plain reply always carries
 ``is_final(value, properties)`` holds; by default a ``final="true"``
 property, or a value whose ``end_of_stream`` attribute is True.
 
+Replies are sent with the request id as their key, so a partitioned
+backend keeps one stream's replies in order on one partition.
+
 Requests and replies are latency-bound: their producers are created with
 ``latency_bound=True`` so a batching backend does not hold them back.
 """
@@ -241,7 +244,9 @@ class Responder:
         props = {FINAL: "true" if final else "false"}
         if rid is not None:
             props[ID] = rid
-        await self._producer.send(value, props)
+        # Keyed by the request id: where a topic is partitioned (Kafka), every
+        # reply of one stream lands on one partition and so keeps its order.
+        await self._producer.send(value, props, key=rid)
 
     async def _handle(self, msg: Message) -> None:
         props = msg.properties()

@@ -31,6 +31,9 @@ DUPLICATES_UNDER_LOAD = "duplicates-under-load"  # large backlog drains deliver 
 NO_IDEMPOTENT_PRODUCER = "no-idempotent-producer"  # InitProducerId fails
 SLOW_FIRST_JOIN = "slow-first-join"  # a consumer group's first JoinGroup takes seconds
 NO_ADMIN_API = "no-admin-api"  # no REST admin endpoint
+# two members of a consumer group leaving at once can leave the departed leader
+# in the group: every later member's SyncGroup fails (rebalance in progress) forever
+STUCK_GROUP_AFTER_CONCURRENT_LEAVE = "stuck-group-after-concurrent-leave"
 
 
 class BrokerUnavailable(Exception):

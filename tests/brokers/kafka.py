@@ -14,7 +14,11 @@ memory it knows none, so any credentials are wrong.
 Quirks of this tansu build (probed 2026-11-22, see BROKERS.md): storage is
 in memory only (a restart loses every message and offset), InitProducerId
 fails (no idempotent producer, so q2 cannot work), and a consumer group's
-first JoinGroup takes about 5 s.
+first JoinGroup takes about 5 s.  Seen here 2026-12-01: when two members of a
+group leave at the same moment, tansu can keep the departed leader in the
+group, and every later member's SyncGroup then fails with "rebalance in
+progress" for good (aiokafka logs the JoinGroup response naming the gone
+leader); the group never recovers while the broker runs.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from . import (
     NO_IDEMPOTENT_PRODUCER,
     NOT_PERSISTENT,
     SLOW_FIRST_JOIN,
+    STUCK_GROUP_AFTER_CONCURRENT_LEAVE,
     Broker,
     BrokerUnavailable,
     async_wait_for_port,
@@ -134,7 +139,9 @@ class _Tansu:
 
 class KafkaBroker(Broker):
     name: ClassVar[str] = "kafka"
-    quirks: ClassVar[frozenset[str]] = frozenset({NOT_PERSISTENT, NO_IDEMPOTENT_PRODUCER, SLOW_FIRST_JOIN})
+    quirks: ClassVar[frozenset[str]] = frozenset(
+        {NOT_PERSISTENT, NO_IDEMPOTENT_PRODUCER, SLOW_FIRST_JOIN, STUCK_GROUP_AFTER_CONCURRENT_LEAVE}
+    )
     can_restart: ClassVar[bool] = True
     restart_keeps_data: ClassVar[bool] = False
 

@@ -36,7 +36,12 @@ from typing import Any, ClassVar
 
 import pytest
 
-from tests.brokers import DUPLICATES_UNDER_LOAD, NOT_PERSISTENT, Broker
+from tests.brokers import (
+    DUPLICATES_UNDER_LOAD,
+    NOT_PERSISTENT,
+    STUCK_GROUP_AFTER_CONCURRENT_LEAVE,
+    Broker,
+)
 from trustgraph_pubsub import (
     AuthenticationError,
     BackendConsumer,
@@ -613,15 +618,14 @@ class Battery:
     # -- 8 ---------------------------------------------------------------------
 
     async def test_08_close_with_work_in_flight(self, backend: PubSubBackend, ctx: Ctx) -> None:
+        """In turn on one topic, concurrently on another, each checked by a new consumer.
+
+        The two halves use separate topics so that a broker defect that only
+        concurrent closes trigger (a declared quirk) cannot hide the result of
+        the in-turn half.
+        """
         n = count(100)
         k = max(2, n // 5)
-        name, sub = ctx.topic("inflight"), ctx.sub("inflight")
-        first = await ctx.consumer(name, sub, prefetch=n)
-        p = await ctx.producer(name)
-        for i in range(n):
-            await p.send(Item(n=i))
-        await p.flush()
-
         acked: set[int] = set()
 
         async def take(c: BackendConsumer, how_many: int, ack_some: bool, within: float) -> int:
@@ -638,26 +642,48 @@ class Battery:
                     acked.add(msg.value().n)
             return got
 
+        async def publish(name: str) -> None:
+            p = await ctx.producer(name)
+            for i in range(n):
+                await p.send(Item(n=i))
+            await p.flush()
+
+        async def check(last: BackendConsumer, held: str) -> None:
+            want = set(range(n)) - acked
+            got = await receive_ids(last, want, WAIT * 2)
+            missing = want - set(got)
+            assert not missing, (
+                f"after closes holding unacked messages ({held}): " + missing_text(missing, n)
+            )
+
         # In turn: each consumer closes holding unacked messages.
+        name, sub = ctx.topic("inflight"), ctx.sub("inflight")
+        first = await ctx.consumer(name, sub, prefetch=n)
+        await publish(name)
         taken_first = await take(first, k, True, WAIT / 2)
         await first.close()
         second = await ctx.consumer(name, sub, prefetch=n)
         taken_second = await take(second, k, False, WAIT / 2)
         await second.close()
-        # Concurrently: two consumers hold unacked messages and close together.
-        pair = [await ctx.consumer(name, sub, prefetch=n) for _ in range(2)]
-        taken_pair = await asyncio.gather(*(take(c, k // 2, False, 10.0) for c in pair))
-        await asyncio.gather(*(c.close() for c in pair))
         assert taken_first and taken_second, "the first consumers received nothing to hold"
+        await check(await ctx.consumer(name, sub, prefetch=n),
+                    f"in turn: held {taken_first}, {taken_second}")
 
-        last = await ctx.consumer(name, sub, prefetch=n)
-        want = set(range(n)) - acked
-        got = await receive_ids(last, want, WAIT * 2)
-        missing = want - set(got)
-        assert not missing, (
-            f"after closes holding unacked messages (held {taken_first}, {taken_second}, "
-            f"{taken_pair}): " + missing_text(missing, n)
-        )
+        # Concurrently: two consumers hold unacked messages and close together.
+        acked.clear()
+        name, sub = ctx.topic("inflight-pair"), ctx.sub("inflight-pair")
+        pair = [await ctx.consumer(name, sub, prefetch=n) for _ in range(2)]
+        await publish(name)
+        taken_pair = await asyncio.gather(*(take(c, k // 2, False, WAIT / 2) for c in pair))
+        await asyncio.gather(*(c.close() for c in pair))
+        assert any(taken_pair), "the pair received nothing to hold"
+        try:
+            last = await ctx.consumer(name, sub, prefetch=n)
+        except PubSubTimeoutError as exc:
+            if STUCK_GROUP_AFTER_CONCURRENT_LEAVE in ctx.broker.quirks:
+                pytest.xfail(f"broker quirk {STUCK_GROUP_AFTER_CONCURRENT_LEAVE}: {exc}")
+            raise
+        await check(last, f"concurrently: held {taken_pair}")
 
     # -- 9 ---------------------------------------------------------------------
 
