@@ -14,11 +14,13 @@ memory it knows none, so any credentials are wrong.
 Quirks of this tansu build (probed 2026-11-22, see BROKERS.md): storage is
 in memory only (a restart loses every message and offset), InitProducerId
 fails (no idempotent producer, so q2 cannot work), and a consumer group's
-first JoinGroup takes about 5 s.  Seen here 2026-12-01: when two members of a
-group leave at the same moment, tansu can keep the departed leader in the
-group, and every later member's SyncGroup then fails with "rebalance in
-progress" for good (aiokafka logs the JoinGroup response naming the gone
-leader); the group never recovers while the broker runs.
+first JoinGroup takes about 5 s.  Seen here 2026-12-01, with raw aiokafka as well as the SDK:
+when a group's follower leaves and its leader leaves before its next heartbeat
+(closing both at once, or one after the other within about 0.2 s), tansu keeps
+the departed leader in the group; every later member's JoinGroup names it as
+leader and its SyncGroup fails with REBALANCE_IN_PROGRESS, for good (watched for
+200 s; the session timeout never clears it).  Leader first, or a gap of a
+heartbeat or more, avoids it.  Declared as STUCK_GROUP_AFTER_CONCURRENT_LEAVE.
 """
 
 from __future__ import annotations
