@@ -32,8 +32,8 @@ done callback) cost more than the broker client's own receive and ack.
 Instead ``concurrency`` long-lived worker tasks take turns at the backend
 consumer.  The worker holding the *turn* receives a message and runs the
 handler inline, in the same task.  Only if that handler actually waits
-(the turn's holder is still in its handler when the event loop next runs a
-callback, or when another worker comes back free) does the turn pass to
+(the handler's coroutine suspends for the first time, or another worker
+comes back free) does the turn pass to
 another worker, which then receives the next message.  A handler that
 finishes without waiting therefore costs no task switch at all, and with
 ``concurrency=1`` the single worker simply loops.  Handlers start in receive order, since the next receive happens
@@ -47,8 +47,8 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
-from types import TracebackType
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from types import CoroutineType, TracebackType
 from typing import Any, cast
 
 from . import naming
@@ -80,6 +80,46 @@ _YIELD_EVERY = 64
 
 #: handler latency clock (what ``loop.time()`` reads, without the method lookups)
 _clock = time.monotonic
+
+
+class _Watch:
+    """Await a handler's coroutine; call ``on_suspend`` the first time it suspends.
+
+    This is ``await coro`` (the same values pass between the coroutine and the
+    task in both directions) with one hook: the turn passes to another worker
+    exactly when the handler first waits, so a handler that finishes without
+    waiting costs neither a task switch nor a scheduled callback.
+    """
+
+    __slots__ = ("coro", "on_suspend")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], on_suspend: Callable[[], None]) -> None:
+        self.coro = coro
+        self.on_suspend = on_suspend
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro = self.coro
+        try:
+            signal = coro.send(None)
+        except StopIteration as done:
+            return done.value
+        self.on_suspend()
+        while True:
+            try:
+                value = yield signal
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:
+                try:
+                    signal = coro.throw(exc)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    signal = coro.send(value)
+                except StopIteration as done:
+                    return done.value
 
 
 class _Worker:
@@ -341,9 +381,6 @@ class Consumer:
                     continue
                 streak += 1
                 me.busy = True
-                if handoff and not self._nudge_pending:
-                    self._nudge_pending = True
-                    loop.call_soon(self._nudge)
                 # The message, inline (a coroutine per message costs).  Nothing
                 # may be awaited before the handler is called: Subscriber
                 # relies on handlers starting in receive order.
@@ -356,7 +393,16 @@ class Consumer:
                         await self._undecodable(bc, msg, exc)
                         continue
                     try:
-                        await handler(msg)
+                        pending = handler(msg)
+                        if not handoff:
+                            await pending
+                        elif type(pending) is CoroutineType:
+                            await _Watch(pending, self._suspended)
+                        else:
+                            if not self._nudge_pending:
+                                self._nudge_pending = True
+                                loop.call_soon(self._nudge)
+                            await pending
                     except Exception as exc:
                         m.latency(_clock() - started)
                         await self._failed(bc, msg, exc)
@@ -388,12 +434,17 @@ class Consumer:
             if self._turn is me:
                 self._pass_turn()
 
-    def _nudge(self) -> None:
-        """Runs once the loop is free: a holder still in its handler gives up the turn."""
-        self._nudge_pending = False
+    def _suspended(self) -> None:
+        """A handler waits: if the turn's holder is in its handler, it gives up the turn."""
         holder = self._turn
         if holder is not None and holder.busy:
             self._pass_turn()
+
+    def _nudge(self) -> None:
+        """For a handler that returns a non-coroutine awaitable: once the loop is
+        free, a holder still in its handler gives up the turn."""
+        self._nudge_pending = False
+        self._suspended()
 
     def _pass_turn(self) -> None:
         idle = self._idle

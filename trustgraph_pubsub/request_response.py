@@ -1,7 +1,7 @@
 """Correlated request/response over two topics.
 
 The caller (``RequestResponse``) sends a request with a fresh ``id``
-property (uuid4 hex) and waits for replies carrying the same ``id`` on the
+property (a random 64-bit prefix per caller and a counter) and waits for replies carrying the same ``id`` on the
 response topic.  The service (``Responder``) runs a handler per request and
 copies ``id`` onto its replies.
 
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -82,6 +83,8 @@ class RequestResponse:
         )
         self._started = False
         self._stopped = False
+        self._id_prefix = f"{uuid.uuid4().hex[:16]}-"
+        self._ids = itertools.count()
 
     async def start(self) -> None:
         """Subscribe to replies, then open the request producer.  Idempotent."""
@@ -122,25 +125,28 @@ class RequestResponse:
                 f"{'stopped' if self._stopped else 'not started; call start() first'}"
             )
 
-    async def _send(
-        self, message: Any, properties: Mapping[str, str] | None
-    ) -> tuple[str, asyncio.Queue[Message]]:
-        self._check()
-        rid = uuid.uuid4().hex
-        props = dict(properties or {})
+    def _new_id(self) -> str:
+        # Unique across callers sharing a response topic: a random 64-bit
+        # prefix per caller, then a counter (cheaper than a uuid per request).
+        return f"{self._id_prefix}{next(self._ids)}"
+
+    async def _send(self, message: Any, properties: Mapping[str, str] | None, rid: str) -> None:
+        props = dict(properties) if properties else {}
         props[ID] = rid
-        queue = self._subscriber.subscribe(rid)
         try:
             await self._producer.send(message, props)
         except BaseException:
             self._subscriber.unsubscribe(rid)
             raise
-        return rid, queue
 
-    async def _next(self, queue: asyncio.Queue[Message], rid: str, wait: float) -> Message:
+    async def _next(
+        self, waiter: asyncio.Queue[Message] | asyncio.Future[Message], rid: str, wait: float
+    ) -> Message:
         try:
             async with asyncio.timeout(wait):
-                return await queue.get()
+                if isinstance(waiter, asyncio.Queue):
+                    return await waiter.get()
+                return await waiter
         except TimeoutError:
             raise PubSubTimeoutError(
                 f"no reply on {self.response_topic} to request {rid} on {self.request_topic} "
@@ -159,9 +165,12 @@ class RequestResponse:
         ``PubSubTimeoutError`` after ``timeout`` seconds; a reply that comes
         later is dropped.
         """
-        rid, queue = await self._send(message, properties)
+        self._check()
+        rid = self._new_id()
+        fut = self._subscriber.expect(rid)
+        await self._send(message, properties, rid)
         try:
-            reply = await self._next(queue, rid, timeout)
+            reply = await self._next(fut, rid, timeout)
             return reply.value()
         finally:
             self._subscriber.unsubscribe(rid)
@@ -179,7 +188,10 @@ class RequestResponse:
         ``timeout`` applies to the wait for each reply, not the whole stream.
         """
         final = is_final or default_is_final
-        rid, queue = await self._send(message, properties)
+        self._check()
+        rid = self._new_id()
+        queue = self._subscriber.subscribe(rid)
+        await self._send(message, properties, rid)
         try:
             while True:
                 reply = await self._next(queue, rid, timeout)

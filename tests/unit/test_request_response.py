@@ -190,8 +190,13 @@ async def test_handler_sees_request_properties(mb: RecordingBackend) -> None:
     async with Responder(mb, rq, Req, rs, Resp, sync_handler, subscription="svc"), \
             RequestResponse(mb, rq, Req, rs, Resp) as rr:
         assert await rr.request(Req(5), properties={"user": "u1"}) == Resp(5)
+        assert await rr.request(Req(6)) == Resp(6)
+    async with RequestResponse(mb, rq, Req, rs, Resp) as other:
+        other_id = other._new_id()
     assert seen[0]["user"] == "u1"
-    assert len(seen[0]["id"]) == 32
+    # ids are unique per request and per caller (a random prefix each)
+    ids = {seen[0]["id"], seen[1]["id"], other_id}
+    assert len(ids) == 3 and all(len(i) >= 17 for i in ids), ids
 
 
 async def test_subscriptions_lifecycle(mb: RecordingBackend) -> None:

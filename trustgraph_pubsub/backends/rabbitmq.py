@@ -653,6 +653,8 @@ class RabbitMQConsumer:
         self._closed = False
         self._calls = 0
         self._tag: str | None = None
+        #: delivery tags acknowledged but not yet written (see ``acknowledge``)
+        self._acks: list[int] = []
         chan.on_close = self._on_channel_closed
         chan.ch.add_on_cancel_callback(self._on_cancel)
 
@@ -717,6 +719,7 @@ class RabbitMQConsumer:
         self._error = err
         self._buf.clear()
         self._unacked.clear()
+        self._acks.clear()
         waiters, self._waiters = self._waiters, deque()
         for fut in waiters:
             _set_exception(fut, err)
@@ -782,17 +785,38 @@ class RabbitMQConsumer:
         return None  # settled already, or another consumer's message: a no-op
 
     async def acknowledge(self, message: Any) -> None:
+        """Settle the message; the ``basic.ack`` goes out once the loop is free.
+
+        Acks are collected and written in one go at the next turn of the event
+        loop, after whatever the acknowledging task made ready: a caller woken
+        by this message (a reply, say) runs first, and a burst of acks costs
+        one write.  pika buffers an ack until the socket is writable anyway, so
+        nothing is promised earlier than before: an ack that a dropped channel
+        never carried means the broker redelivers the message.
+        """
         tag = self._outstanding(message, "acknowledge")
         if tag is not None:
-            try:
-                self._chan.ch.basic_ack(tag)
-            except Exception as exc:
-                raise self._backend._translate(exc, f"acknowledge on {self.topic}") from exc
+            acks = self._acks
+            acks.append(tag)
+            if len(acks) == 1:
+                asyncio.get_running_loop().call_soon(self._send_acks)
+
+    def _send_acks(self) -> None:
+        tags, self._acks = self._acks, []
+        if not tags or self._error is not None:
+            return
+        ch = self._chan.ch
+        try:
+            for tag in tags:
+                ch.basic_ack(tag)
+        except Exception as exc:  # the channel is gone: the broker redelivers them
+            log.debug("acks on %s not sent (%s); they will be redelivered", self.topic, _reason(exc))
 
     async def negative_acknowledge(self, message: Any) -> None:
         """Dead-letter the message to the back of its own queue, counted in ``x-death``."""
         tag = self._outstanding(message, "negative_acknowledge")
         if tag is not None:
+            self._send_acks()
             try:
                 self._chan.ch.basic_nack(tag, multiple=False, requeue=False)
             except Exception as exc:
@@ -807,6 +831,7 @@ class RabbitMQConsumer:
         if self._closed:
             raise ClosedError(f"consumer {self.subscription!r} on {self.topic} is closed")
         what = f"unsubscribe {self.subscription!r} from {self.topic}"
+        self._send_acks()
         try:
             if self._chan.is_open and self._error is None:
                 await self._chan.call(self._chan.ch.queue_delete, self._queue)
@@ -821,6 +846,7 @@ class RabbitMQConsumer:
         """Close the channel; the broker requeues every unacknowledged message."""
         if self._closed:
             return
+        self._send_acks()  # before the channel closes, or they would be redelivered
         self._closed = True
         self._chan.on_close = None
         self._buf.clear()
