@@ -467,11 +467,10 @@ class MemoryConsumer:
         finally:
             if timer is not None:
                 timer.cancel()
-            if self._sub is not None:
-                try:
-                    self._sub.waiters.remove(waiter)
-                except ValueError:
-                    pass
+            # A waiter that was handed a delivery is already gone; test before
+            # removing (a failed deque.remove formats the repr of what it sought).
+            if self._sub is not None and waiter in self._sub.waiters:
+                self._sub.waiters.remove(waiter)
         if self._error is not None:
             # Dropped after the hand-over: _detach already returned it.
             raise self._error
@@ -485,11 +484,9 @@ class MemoryConsumer:
                     f"within {timeout}s"
                 )
             )
-            if self._sub is not None:
-                try:
-                    self._sub.waiters.remove((self, fut))
-                except ValueError:
-                    pass
+            waiter = (self, fut)
+            if self._sub is not None and waiter in self._sub.waiters:
+                self._sub.waiters.remove(waiter)
 
     def _delivery(self, message: Any) -> _Delivery:
         handle = getattr(message, "handle", None)

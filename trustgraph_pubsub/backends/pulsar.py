@@ -492,10 +492,10 @@ class PulsarConsumer:
         finally:
             if timer is not None:
                 timer.cancel()
-            try:
+            # Usually already taken by the dispatcher; test before removing (a
+            # failed deque.remove formats the repr of the future and its message).
+            if fut in self._waiters:
                 self._waiters.remove(fut)
-            except ValueError:
-                pass
         return self._message(raw)
 
     def _expire(self, fut: asyncio.Future[Any], timeout: float) -> None:
