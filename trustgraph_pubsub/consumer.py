@@ -105,21 +105,23 @@ class _Watch:
             return done.value
         self.on_suspend()
         while True:
+            thrown: BaseException | None = None
+            value: Any = None
             try:
                 value = yield signal
             except GeneratorExit:
                 coro.close()
                 raise
             except BaseException as exc:
-                try:
-                    signal = coro.throw(exc)
-                except StopIteration as done:
-                    return done.value
-            else:
-                try:
-                    signal = coro.send(value)
-                except StopIteration as done:
-                    return done.value
+                thrown = exc
+            # Outside the ``except`` block, so the handler sees the thrown error
+            # with the same context as under a plain ``await``.
+            try:
+                signal = coro.send(value) if thrown is None else coro.throw(thrown)
+            except StopIteration as done:
+                return done.value
+            finally:
+                thrown = None
 
 
 class _Worker:
@@ -204,6 +206,7 @@ class Consumer:
         self._nudge_pending = False
         self._dlq: Producer | None = None
         self._dlq_lock = asyncio.Lock()
+        self._dlq_backoff = Backoff(base=0.5, cap=30.0)
         self._stopping = False
         self._stopped = asyncio.Event()
 
@@ -270,6 +273,11 @@ class Consumer:
         after the backend consumer is closed, so it is redelivered.
         """
         if self._stopping:
+            current = asyncio.current_task()
+            if any(w.task is current for w in self._workers):
+                # A handler calling stop() while another stop() waits for that
+                # very handler: waiting here would deadlock both.
+                return
             await self._stopped.wait()
             return
         self._stopping = True
@@ -544,12 +552,17 @@ class Consumer:
             await producer.send(msg.data(), props)
             await producer.flush()
         except Exception as dexc:
+            # Back off before handing it back: a lasting failure (no right to
+            # publish there, say) must not spin the message through the broker.
+            delay = self._dlq_backoff.next_delay()
             log.error(
-                "could not dead-letter a message from %s to %s (%s); nacking it instead",
-                self.topic, self.dead_letter_topic, dexc,
+                "could not dead-letter a message from %s to %s (%s); nacking it in %.1fs",
+                self.topic, self.dead_letter_topic, dexc, delay,
             )
+            await asyncio.sleep(delay)
             await bc.negative_acknowledge(msg)
             return
+        self._dlq_backoff.reset()
         self._m.dead_lettered()
         await bc.acknowledge(msg)
 

@@ -35,13 +35,10 @@ live as long as their registry, as Prometheus's own labelled children do.
 from __future__ import annotations
 
 import bisect
-import logging
 import threading
 import weakref
 from collections.abc import Iterator
 from typing import Any, cast
-
-log = logging.getLogger(__name__)
 
 __all__ = ["BoundMetrics", "Metrics", "ProducerMetrics", "default_metrics", "prometheus_available"]
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
@@ -25,8 +24,6 @@ from .backend import BackendProducer, PubSubBackend
 from .errors import BrokerConnectionError, ClosedError
 from .metrics import Metrics, default_metrics
 from .retry import Backoff, retry
-
-log = logging.getLogger(__name__)
 
 __all__ = ["Producer"]
 

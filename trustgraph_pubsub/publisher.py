@@ -22,7 +22,13 @@ from types import TracebackType
 from typing import Any
 
 from .backend import PubSubBackend, check_properties, encode_payload
-from .errors import BrokerConnectionError, ClosedError, ConfigurationError, MessageTooLargeError
+from .errors import (
+    BrokerConnectionError,
+    ClosedError,
+    ConfigurationError,
+    MessageTooLargeError,
+    PubSubTimeoutError,
+)
 from .metrics import Metrics
 from .producer import Producer
 from .retry import Backoff
@@ -107,7 +113,10 @@ class Publisher:
                     await self._producer.send(data, props, key=key)
                     backoff.reset()
                     break
-                except BrokerConnectionError as exc:
+                except (BrokerConnectionError, PubSubTimeoutError) as exc:
+                    # A timeout is the broker not answering in time: as transient
+                    # as a lost connection, so the message is sent again
+                    # (at least once), never dropped.
                     log.error(
                         "publisher for %s cannot reach the broker (%s); %d messages waiting, "
                         "still retrying", self.topic, exc, self._queue.qsize() + 1,

@@ -30,7 +30,10 @@ class Backoff:
 
     def next_delay(self) -> float:
         ceiling = min(self.cap, self.base * (2**self.attempt))
-        self.attempt += 1
+        if ceiling < self.cap:
+            # Stop counting once the cap is reached: 2**attempt would otherwise
+            # overflow a float after about a thousand failures (a long outage).
+            self.attempt += 1
         return random.uniform(0, ceiling) if self.jitter else ceiling
 
     async def sleep(self) -> None:

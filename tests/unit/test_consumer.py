@@ -509,3 +509,105 @@ async def test_a_handler_raising_cancelled_error_is_a_failure_not_a_dead_worker(
     assert attempts == Counter({1: 2, 2: 2})
     assert metrics.value("redeliveries_total", topic=t, subscription="s", backend="memory") == 2
     assert await leftovers(mb, t, "s") == []
+
+
+async def test_own_cancelled_error_with_concurrency_is_a_failure_too(
+    mb: MemoryBackend, metrics: Metrics
+) -> None:
+    """The same with several workers, where the handler runs under ``_Watch``."""
+    t = fresh()
+    attempts: Counter[int] = Counter()
+    done: list[int] = []
+
+    async def handler(msg: Message) -> None:
+        n = msg.value().n
+        attempts[n] += 1
+        await asyncio.sleep(0)  # suspend first: the turn passes to another worker
+        if attempts[n] == 1:
+            doomed = asyncio.get_running_loop().create_future()
+            doomed.cancel()
+            await doomed
+        done.append(n)
+
+    async with Consumer(mb, t, "s", Item, handler, concurrency=4, metrics=metrics):
+        await send(mb, t, *(Item(i) for i in range(6)))
+        await wait_until(lambda: sorted(done) == list(range(6)))
+    assert attempts == Counter({i: 2 for i in range(6)})
+    assert await leftovers(mb, t, "s") == []
+
+
+async def test_watched_handler_sees_errors_as_under_plain_await(mb: MemoryBackend) -> None:
+    """A handler that catches a thrown error and raises another keeps the context."""
+    t = fresh()
+    seen: list[BaseException | None] = []
+    started = asyncio.Event()
+
+    async def handler(msg: Message) -> None:
+        try:
+            started.set()
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            pass  # swallowed: what follows happens outside any except block
+        try:
+            raise ValueError("cleanup failed")
+        except ValueError as exc:
+            seen.append(exc.__context__)
+        raise asyncio.CancelledError
+
+    c = Consumer(mb, t, "s", Item, handler, concurrency=2)
+    await c.start()
+    await send(mb, t, Item(1))
+    await asyncio.wait_for(started.wait(), 5)
+    await c.stop(drain_timeout=0.1)
+    # Under a plain ``await`` nothing was being handled when ValueError was raised.
+    assert seen == [None], seen
+    assert [m.value().n for m in await leftovers(mb, t, "s")] == [1]
+
+
+async def test_a_handler_stopping_during_an_outside_stop_does_not_deadlock(mb: MemoryBackend) -> None:
+    t = fresh()
+    c: Consumer | None = None
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def handler(msg: Message) -> None:
+        entered.set()
+        await release.wait()
+        assert c is not None
+        await c.stop()  # stop() from outside is already waiting for this handler
+
+    c = Consumer(mb, t, "s", Item, handler, concurrency=2)
+    await c.start()
+    await send(mb, t, Item(1))
+    await asyncio.wait_for(entered.wait(), 5)
+    outside = asyncio.create_task(c.stop())
+    await asyncio.sleep(0.05)
+    release.set()
+    await asyncio.wait_for(outside, 5)
+    assert not c.running
+
+
+async def test_a_failing_dead_letter_send_backs_off(mb: MemoryBackend, monkeypatch: Any) -> None:
+    """If dead-lettering keeps failing, the message is nacked after a growing pause,
+    not spun through the broker as fast as it can go."""
+    t = fresh()
+    calls = 0
+
+    async def handler(msg: Message) -> None:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("poison")
+
+    c = Consumer(mb, t, "s", Item, handler, max_redeliveries=0)
+    c._dlq_backoff = Backoff(base=0.2, cap=0.2, jitter=False)
+
+    async def refuse(*_: Any, **__: Any) -> None:
+        raise PubSubError("not allowed to publish to the dead-letter topic")
+
+    async with c:
+        dlq = await c._dlq_producer()
+        monkeypatch.setattr(dlq, "send", refuse)
+        await send(mb, t, Item(1))
+        await asyncio.sleep(1.0)
+    # One attempt per 0.2 s pause at most (plus the first), not thousands.
+    assert 1 <= calls <= 6, calls
+    assert [m.value().n for m in await leftovers(mb, t, "s")] == [1]

@@ -493,3 +493,31 @@ def test_the_hub_outlives_an_event_loop() -> None:
     loop.run_until_complete(leave_a_receive_waiting())
     loop.close()
     assert asyncio.run(send_and_receive()) == 1
+
+
+async def test_a_receive_cancelled_while_it_yields_holds_nothing(mb: MemoryBackend) -> None:
+    """The fast path yields to the loop every so often; a receive cancelled there
+    must leave its message for the next receive, not hide it until close."""
+    t = fresh()
+    c = await mb.create_consumer(t, "s", Item)
+    p = await mb.create_producer(t, Item)
+    for i in range(200):
+        await p.send(Item(i))
+    got: list[int] = []
+    for _ in range(200):
+        task = asyncio.create_task(c.receive())
+        await asyncio.sleep(0)  # runs until the receive returns or yields
+        if task.done():
+            m = task.result()
+            got.append(m.value().n)
+            await c.acknowledge(m)
+        else:
+            task.cancel()
+            try:
+                m = await task
+            except asyncio.CancelledError:
+                continue
+            got.append(m.value().n)
+            await c.acknowledge(m)
+    got += [m.value().n for m in await drain(c)]
+    assert sorted(got) == list(range(200)), sorted(set(range(200)) - set(got))

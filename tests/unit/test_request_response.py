@@ -166,6 +166,8 @@ async def test_stream_ends_on_end_of_stream_or_a_custom_predicate(mb: RecordingB
             )
         ]
         assert custom == [0, 1]
+    # The callers stopped at their final value; the Responder still sent the rest.
+    assert sent_after_end == [3, 4, 3, 4]
 
 
 async def test_plain_replies_are_final(mb: RecordingBackend) -> None:

@@ -86,3 +86,10 @@ async def test_other_errors_propagate_at_once() -> None:
     with pytest.raises(KeyError):
         await retry(broken, retry_on=(ConnectionError,), attempts=5)
     assert calls == 1
+
+
+def test_a_long_outage_never_overflows() -> None:
+    b = Backoff(base=0.1, cap=10.0, jitter=False)
+    for _ in range(5000):
+        delay = b.next_delay()
+    assert delay == 10.0

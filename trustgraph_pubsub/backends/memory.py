@@ -442,10 +442,14 @@ class MemoryConsumer:
     async def receive(self, timeout: float | None = None) -> BaseMessage:  # noqa: ASYNC109 (contract)
         sub = self._check()
         if sub.ready and sub.eligible(self) and not sub.waiters:
-            delivery = sub.ready.popleft()
-            self.track(delivery)
+            # Yield (now and then) before taking the message, never after: a
+            # receive cancelled while it yields must not hold a message.
             await self._pacer.tick()
-            return self._message(delivery)
+            sub = self._check()
+            if sub.ready and sub.eligible(self) and not sub.waiters:
+                delivery = sub.ready.popleft()
+                self.track(delivery)
+                return self._message(delivery)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[_Delivery] = loop.create_future()
         waiter = (self, fut)
