@@ -7,7 +7,10 @@ Per message:
 2. The handler runs.  Success acknowledges the message.
 3. A handler exception negatively acknowledges it (the broker redelivers),
    unless it has already been redelivered ``max_redeliveries`` times: then it
-   is dead-lettered.  A handler therefore sees a poison message at most
+   is dead-lettered.  A message that arrives with a count already above the
+   limit (its earlier deliveries were never settled: a handler that crashes the
+   process, counted where the broker can) is dead-lettered without running
+   the handler again.  A handler therefore sees a poison message at most
    ``max_redeliveries + 1`` times, and the stream behind it keeps flowing.
 
 Dead-lettering sends the original bytes, with the original properties plus
@@ -400,6 +403,9 @@ class Consumer:
                     except MessageDecodeError as exc:
                         await self._undecodable(bc, msg, exc)
                         continue
+                    if msg.redelivery_count > self.max_redeliveries:
+                        await self._overdelivered(bc, msg)
+                        continue
                     try:
                         pending = handler(msg)
                         if not handoff:
@@ -501,6 +507,22 @@ class Consumer:
         log.warning(
             "undecodable message on %s (subscription %r): dead-lettering: %s",
             self.topic, self.subscription, exc,
+        )
+        await self._dead_letter(bc, msg, exc)
+
+    async def _overdelivered(self, bc: BackendConsumer, msg: Message) -> None:
+        """Delivered more often than any handler failure explains: earlier
+        deliveries never settled it (the process crashed in its handler, say).
+        Running the handler again could crash again: dead-letter it instead."""
+        self._m.error()
+        exc = PubSubError(
+            f"redelivery count {msg.redelivery_count} is over max_redeliveries="
+            f"{self.max_redeliveries}: earlier deliveries were never settled (its handler "
+            "may crash the process)"
+        )
+        log.warning(
+            "message on %s (subscription %r) %s; dead-lettering to %s",
+            self.topic, self.subscription, exc, self.dead_letter_topic,
         )
         await self._dead_letter(bc, msg, exc)
 

@@ -67,6 +67,9 @@ BACKEND_OPTIONS: dict[str, tuple[Option, ...]] = {
         Option("queue_type", "RABBITMQ_QUEUE_TYPE", "quorum",
                help="queue type of durable (q1/q2) subscriptions: quorum (replicated) or "
                "classic (lower latency)"),
+        Option("returns_per_redelivery", "RABBITMQ_RETURNS_PER_REDELIVERY", 10, int,
+               help="quorum queues: unsettled returns (a consumer that crashed holding the "
+               "message) that count as one redelivery toward the dead-letter limit"),
     ),
     "mqtt": (
         Option("host", "MQTT_HOST", "localhost", help="MQTT broker host"),

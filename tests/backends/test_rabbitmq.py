@@ -241,16 +241,86 @@ async def test_settling_is_idempotent_and_per_consumer(backend: RabbitMQBackend,
     await p.flush()
     ma = await a.receive(timeout=10)
     mb = await b.receive(timeout=10)
-    await a.acknowledge(ma)
-    await a.acknowledge(ma)  # twice: a no-op, not a channel error
-    await a.negative_acknowledge(ma)  # already settled: a no-op
+    assert ma.handle == mb.handle == 1
+    # Both carry delivery tag 1 on their own channels: settling b's message through
+    # a, while a's own is still outstanding, must not settle a's.
     await a.acknowledge(mb)  # another consumer's message: a no-op
     with pytest.raises(TypeError):
         await a.acknowledge("not a message")
-    rest = await drain(a, 2)
-    assert [m.value().n for m in rest] == [1, 2], "the channel survived the odd settles"
+    await a.close()  # a's message 0 was never settled: it comes back
+    a = await backend.create_consumer(name, "a", Item)
+    again = await drain(a, 3)
+    assert [m.value().n for m in again] == [0, 1, 2], "acking b's message settled a's"
+    await a.acknowledge(again[0])  # twice: a no-op, not a channel error
+    await a.negative_acknowledge(again[0])  # already settled: a no-op
+    await a.close()
+    a = await backend.create_consumer(name, "a", Item)
+    assert await drain(a, 1, within=1.0) == [], "the channel survived the odd settles"
     await b.acknowledge(mb)
     await backend.delete_queue(name)
+
+
+async def test_acks_written_late_still_reach_the_broker(backend: RabbitMQBackend, names: Names) -> None:
+    """Acks go out at the next turn of the loop; a close, unsubscribe-free reopen or
+    a nack right after them must not leave them unsent."""
+    name = names.topic("lateack")
+    c = await backend.create_consumer(name, "s", Item, prefetch=50)
+    p = await backend.create_producer(name, Item)
+    for i in range(20):
+        await p.send(Item(i))
+    await p.flush()
+    got = [await c.receive(timeout=10) for _ in range(20)]
+    for m in got[:10]:
+        await c.acknowledge(m)
+    await c.negative_acknowledge(got[10])  # after the acks: they must be written first
+    for m in got[11:]:
+        await c.acknowledge(m)
+    await c.close()  # same turn of the loop as the last acks
+    c = await backend.create_consumer(name, "s", Item)
+    back = await drain(c, 20, within=3.0)
+    assert [m.value().n for m in back] == [10], [m.value().n for m in back]
+    assert back[0].redelivery_count == 1
+
+
+async def test_a_consumer_that_crashes_before_settling_is_bounded(
+    rabbit: Broker, names: Names
+) -> None:
+    """Closing without a settle (what a crash does) is counted on quorum queues:
+    every ``returns_per_redelivery`` returns add one to the redelivery count, and
+    ``Consumer`` dead-letters a message over the limit without running its handler."""
+    from trustgraph_pubsub.consumer import Consumer
+
+    b = rabbit.make_backend(rabbitmq_returns_per_redelivery=2)
+    try:
+        name = names.topic("crash")
+        c = await b.create_consumer(name, "s", Item, prefetch=1)
+        p = await b.create_producer(name, Item)
+        await p.send(Item(7))
+        await p.flush()
+        counts = []
+        for _ in range(5):
+            m = await c.receive(timeout=10)
+            counts.append(m.redelivery_count)
+            await c.close()  # "crash": no ack, no nack
+            c = await b.create_consumer(name, "s", Item, prefetch=1)
+        await c.close()
+        assert counts == [0, 0, 1, 1, 2], counts
+
+        handled: list[int] = []
+
+        async def handler(msg: Message) -> None:
+            handled.append(msg.value().n)
+
+        dlq = await b.create_consumer(naming.dead_letter_topic(name), "watch", None)
+        async with Consumer(b, name, "s", Item, handler, max_redeliveries=1):
+            dead = await dlq.receive(timeout=20)
+        assert handled == [], "a message over the limit reached its handler again"
+        assert int(dead.properties()["x-dlq-deliveries"]) >= 3
+        assert "never settled" in dead.properties()["x-dlq-error"]
+        await dlq.acknowledge(dead)
+        await dlq.close()
+    finally:
+        await b.close()
 
 
 async def test_competing_and_fan_out(backend: RabbitMQBackend, names: Names) -> None:

@@ -61,18 +61,18 @@ async def rabbitmqctl(*args: str, limit: float = 60.0) -> str:
     return text
 
 
-async def amqp_answers(host: str = HOST, port: int = PORT) -> bool:
-    """Whether the broker completes an AMQP handshake (an open port is not enough
-    while the node boots)."""
+async def amqp_answers(host: str = HOST, port: int = PORT) -> BaseException | None:
+    """None once the broker completes an AMQP handshake (an open port is not
+    enough while the node boots); otherwise why it did not."""
     from trustgraph_pubsub.backends.rabbitmq import RabbitMQBackend
 
     backend = RabbitMQBackend(host=host, port=port, username=USERNAME, password=PASSWORD,
                               vhost=VHOST)
     try:
         await backend._connection()
-        return True
-    except Exception:
-        return False
+        return None
+    except Exception as exc:
+        return exc
     finally:
         await backend.close()
 
@@ -111,9 +111,15 @@ class RabbitMQBroker(Broker):
         if not self.can_restart:
             raise NotImplementedError("rabbitmqctl is not usable here (not local, or no cookie)")
         await rabbitmqctl("stop_app", limit=RESTART_TIMEOUT)
-        await rabbitmqctl("start_app", limit=RESTART_TIMEOUT)
+        try:
+            await rabbitmqctl("start_app", limit=RESTART_TIMEOUT)
+        except Exception:
+            # Never leave the shared node stopped for every later test: try once more.
+            await rabbitmqctl("start_app", limit=RESTART_TIMEOUT)
         deadline = time.monotonic() + RESTART_TIMEOUT
-        while not await amqp_answers():
+        while (why := await amqp_answers()) is not None:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"RabbitMQ at {HOST}:{PORT} did not answer after start_app")
+                raise RuntimeError(
+                    f"RabbitMQ at {HOST}:{PORT} did not answer after start_app: {why!r}"
+                )
             await asyncio.sleep(0.2)

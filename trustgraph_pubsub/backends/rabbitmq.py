@@ -42,11 +42,20 @@ the same queue and counts it in the ``x-death`` header, which becomes
 message once that count reaches ``max_redeliveries``, so a poison message is
 handled at most ``max_redeliveries + 1`` times.  The count is kept by the
 broker in the message, so it holds across consumers and for q0 classic queues
-too.  RabbitMQ 3.10's quorum ``x-delivery-count`` is deliberately not used: it
-also counts messages merely returned by a consumer that closed with them
+too.  RabbitMQ 3.10's quorum ``x-delivery-count`` is not counted one for one:
+it also counts messages merely returned by a consumer that closed with them
 prefetched, which would dead-letter healthy messages after a few restarts.
-The other side of that choice: a message that crashes the process before it
-is nacked is redelivered without being counted.
+A message that crashes the process before it is settled is still bounded, on
+quorum queues: every ``returns_per_redelivery`` (default 10) unsettled returns
+in ``x-delivery-count`` add one to the redelivery count, and ``Consumer``
+dead-letters a message whose count already exceeds ``max_redeliveries``
+before running its handler.  A crash loop thus ends in the dead-letter topic
+after about ``(max_redeliveries + 1) * returns_per_redelivery`` deliveries,
+while a healthy message prefetched through a few restarts is not touched.
+(``x-delivery-limit`` is not used for this: RabbitMQ 3.10 drops, as a
+dead-letter cycle, a message that a queue's delivery limit dead-letters to
+itself: measured.)  Classic queues have no delivery count, so there a crash
+loop is not bounded.
 
 Queue lifecycle: AMQP cannot list the queues bound to an exchange and the
 management plugin may be absent, so each topic keeps a small durable registry
@@ -132,6 +141,8 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 10.0
 #: Seconds any broker round trip (declare, delete, channel open ...) may take.
 RPC_TIMEOUT = 30.0
+#: How long ``flush`` or a q2 ``send`` waits for publisher confirms.
+CONFIRM_TIMEOUT = 60.0
 #: RabbitMQ 3.x's default ``max_message_size``: 128 MiB.
 MAX_MESSAGE_SIZE = 128 * 1024 * 1024
 #: ``basic.qos`` prefetch when the caller does not pass ``prefetch``.
@@ -194,11 +205,15 @@ def _queue_arguments(queue: str, durable: bool, queue_type: str) -> dict[str, An
     }
 
 
-def _split_headers(headers: dict[str, Any], queue: str) -> tuple[dict[str, str], int]:
+def _split_headers(
+    headers: dict[str, Any], queue: str, returns_per_redelivery: int
+) -> tuple[dict[str, str], int]:
     """User properties and the redelivery count from a delivery's headers.
 
     The count is how often this queue dead-lettered the message to itself
-    (``x-death`` entries with reason ``rejected``).  Broker headers are
+    (``x-death`` entries with reason ``rejected``: nacks), plus one for every
+    ``returns_per_redelivery`` unsettled returns a quorum queue counted in
+    ``x-delivery-count`` (consumers that crashed, or closed, holding it).  Broker headers are
     dropped; a non-string value from a foreign publisher is shown as text, so
     properties stay ``str -> str``.
     """
@@ -213,6 +228,9 @@ def _split_headers(headers: dict[str, Any], queue: str) -> tuple[dict[str, str],
             ):
                 with contextlib.suppress(TypeError, ValueError):
                     count += int(entry.get("count", 0))
+    returns = headers.get("x-delivery-count")
+    if isinstance(returns, int) and returns > 0:
+        count += returns // returns_per_redelivery
     props: dict[str, str] = {}
     for k, v in headers.items():
         if k in _BROKER_HEADERS:
@@ -363,7 +381,6 @@ class RabbitMQProducer:
         latency_bound: bool = False,
     ) -> None:
         self._backend = backend
-        self._parsed = parsed
         self.topic = str(parsed)
         self._schema = schema
         self._exchange = naming.check_rabbitmq_name(naming.rabbitmq_exchange(parsed), parsed)
@@ -414,6 +431,8 @@ class RabbitMQProducer:
                 )
             except BaseException as exc:
                 await chan.close()
+                if not isinstance(exc, Exception):
+                    raise  # cancelled: stay cancelled, not a PubSubError
                 raise self._backend._translate(exc, f"{what}: declare exchange {self._exchange!r}") from exc
             if chan.reason is not None:  # closed while we declared: no hook will fire
                 raise self._backend._translate(chan.reason, what)
@@ -484,7 +503,7 @@ class RabbitMQProducer:
             if fut is not None:
                 _set_result(fut, None)
             return
-        if fut is not None:
+        if fut is not None and not fut.done():
             _set_exception(
                 fut,
                 PubSubError(
@@ -500,7 +519,21 @@ class RabbitMQProducer:
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._drain.append((limit, fut))
-        await fut
+        await self._confirm_of(fut)
+
+    async def _confirm_of(self, fut: asyncio.Future[None]) -> None:
+        """Wait for a confirm, but not forever: a queue that lost its quorum
+        accepts publishes and never confirms them.  The messages stay
+        unconfirmed (published again on reconnect; a later nack is counted and
+        raised by the next flush)."""
+        try:
+            async with asyncio.timeout(CONFIRM_TIMEOUT):
+                await fut
+        except TimeoutError:
+            raise PubSubTimeoutError(
+                f"RabbitMQ confirmed nothing sent to {self.topic} within {CONFIRM_TIMEOUT:.0f}s "
+                f"({len(self._unconfirmed)} messages unconfirmed); is the queue's quorum up?"
+            ) from None
 
     def _raise_rejected(self) -> None:
         if self._rejected:
@@ -550,7 +583,7 @@ class RabbitMQProducer:
             if self._await_confirm:
                 fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
                 self._waiters[seq] = fut
-                await fut
+                await self._confirm_of(fut)
                 return
             if len(self._unconfirmed) >= MAX_IN_FLIGHT:
                 await self._wait_unconfirmed(MAX_IN_FLIGHT // 2)
@@ -652,7 +685,6 @@ class RabbitMQConsumer:
         self._error: PubSubError | None = None
         self._closed = False
         self._calls = 0
-        self._tag: str | None = None
         #: delivery tags acknowledged but not yet written (see ``acknowledge``)
         self._acks: list[int] = []
         chan.on_close = self._on_channel_closed
@@ -667,7 +699,9 @@ class RabbitMQConsumer:
         count = 0
         if headers:
             if "x-death" in headers or any(type(v) is not str for v in headers.values()):
-                headers, count = _split_headers(headers, self._queue)
+                headers, count = _split_headers(
+                    headers, self._queue, self._backend.returns_per_redelivery
+                )
         else:
             headers = {}
         tag = method.delivery_tag
@@ -809,8 +843,12 @@ class RabbitMQConsumer:
         try:
             for tag in tags:
                 ch.basic_ack(tag)
-        except Exception as exc:  # the channel is gone: the broker redelivers them
-            log.debug("acks on %s not sent (%s); they will be redelivered", self.topic, _reason(exc))
+        except Exception as exc:
+            # The channel closed under us: the broker redelivers these (at least
+            # once).  Anything else is a fault worth seeing.
+            level = logging.DEBUG if _is_connection_error(exc) else logging.WARNING
+            log.log(level, "acks on %s not sent (%s); they will be redelivered",
+                    self.topic, _reason(exc))
 
     async def negative_acknowledge(self, message: Any) -> None:
         """Dead-letter the message to the back of its own queue, counted in ``x-death``."""
@@ -885,6 +923,7 @@ class RabbitMQBackend:
         password: str = "guest",
         vhost: str = "/",
         queue_type: str = "quorum",
+        returns_per_redelivery: int = 10,
     ) -> None:
         if not isinstance(host, str) or not host or "/" in host:
             raise ConfigurationError(
@@ -900,7 +939,13 @@ class RabbitMQBackend:
             raise ConfigurationError(
                 f"--rabbitmq-queue-type must be one of {', '.join(_QUEUE_TYPES)}, got {queue_type!r}"
             )
+        if not isinstance(returns_per_redelivery, int) or returns_per_redelivery < 1:
+            raise ConfigurationError(
+                "--rabbitmq-returns-per-redelivery must be an int >= 1, "
+                f"got {returns_per_redelivery!r}"
+            )
         self.queue_type = queue_type
+        self.returns_per_redelivery = returns_per_redelivery
         self.host = host
         self.port = port
         self.username = username
@@ -1050,6 +1095,8 @@ class RabbitMQBackend:
                 await opened
         except BaseException as exc:
             await chan.close()
+            if not isinstance(exc, Exception):
+                raise  # cancelled: stay cancelled, not a PubSubError
             raise self._translate(exc, f"{what}: open channel") from exc
         return chan
 
@@ -1257,6 +1304,8 @@ class RabbitMQBackend:
             )
         except BaseException as exc:
             await consumer.close()
+            if not isinstance(exc, Exception):
+                raise  # cancelled: stay cancelled, not a PubSubError
             raise self._translate(exc, what) from exc
         self._children.add(consumer)
         return consumer
