@@ -15,7 +15,11 @@ BROKERS.md says the machine's Mosquitto answers at ``MQTT_HOST``/``MQTT_PORT``
   and queued q1 messages: conformance case 11 runs against it;
 * a second listener that demands a password (``per_listener_settings``), so
   ``bad_credentials_config`` can prove that wrong credentials raise
-  ``AuthenticationError`` without the secret in its message.
+  ``AuthenticationError`` without the secret in its message;
+  ``credentials_config`` gives the right ones and ``set_password`` changes
+  them on the running broker (SIGHUP), for a refusal after a reconnect.
+  Without ``mosquitto_passwd`` there is no such listener, and
+  ``no_credential_check`` says why.
 
 With ``MQTT_HOST``/``MQTT_PORT`` set the fixture only reaches that broker:
 it cannot restart it and declares no credential check.
@@ -70,8 +74,16 @@ class MQTTBroker(Broker):
         self.auth_port: int | None = None
         self._dir: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._password: str | None = None
+        self._passwd_tool: str | None = None
+        #: why the credential tests cannot run (None: they can).
+        self.no_credential_check: str | None = None
         if self.external:
             self.can_restart = False  # type: ignore[misc]
+            self.no_credential_check = (
+                "the mqtt fixture reaches an external broker (MQTT_HOST/MQTT_PORT) whose "
+                "credentials it does not manage"
+            )
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -99,12 +111,18 @@ class MQTTBroker(Broker):
         passwd = self._dir / "passwd"
         tool = shutil.which("mosquitto_passwd")
         if tool:
+            self._passwd_tool = tool
+            self._password = secrets.token_hex(12)
             subprocess.run(
-                [tool, "-b", "-c", str(passwd), TEST_USER, secrets.token_hex(12)],
+                [tool, "-b", "-c", str(passwd), TEST_USER, self._password],
                 check=True, capture_output=True, timeout=30,
             )
         else:
             self.auth_port = None
+            self.no_credential_check = (
+                "mosquitto_passwd is not on PATH (it ships with the mosquitto package), so the "
+                "private mosquitto has no password listener to refuse credentials"
+            )
         (self._dir / "mosquitto.conf").write_text(self._config(passwd if tool else None))
         self._spawn()
         if not wait_for_port(self.host, self.port, 30):
@@ -218,3 +236,29 @@ class MQTTBroker(Broker):
             "mqtt_username": TEST_USER,
             "mqtt_password": "wrong-" + secrets.token_hex(8),
         }
+
+    def credentials_config(self) -> dict[str, Any] | None:
+        """The password listener with the right credentials (None: see ``no_credential_check``)."""
+        if self.external or self.auth_port is None or self._password is None:
+            return None
+        return {
+            "mqtt_host": self.host,
+            "mqtt_port": self.auth_port,
+            "mqtt_username": TEST_USER,
+            "mqtt_password": self._password,
+        }
+
+    def set_password(self, password: str) -> None:
+        """Change ``TEST_USER``'s password on the running broker (SIGHUP reloads the file).
+
+        Blocking; run it with ``asyncio.to_thread``.  The reload is asynchronous:
+        callers wait until a connection shows it took effect.
+        """
+        if self._passwd_tool is None or self._dir is None or self._proc is None:
+            raise NotImplementedError(self.no_credential_check or "no password listener")
+        subprocess.run(
+            [self._passwd_tool, "-b", str(self._dir / "passwd"), TEST_USER, password],
+            check=True, capture_output=True, timeout=30,
+        )
+        self._password = password
+        self._proc.send_signal(signal.SIGHUP)

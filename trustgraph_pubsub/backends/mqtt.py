@@ -46,10 +46,12 @@ so nothing queued for the session is acknowledged unseen).
   the subscription's redelivery topic (``naming.mqtt_redelivery_topic``,
   which every consumer of the subscription also subscribes to, shared),
   acknowledges each original only once the broker confirmed its copy, and
-  ends its session.  Whether the session is drained is asked of the broker
-  itself: an UNSUBSCRIBE is answered after everything the preceding acks
-  released.  If nobody else holds the subscription (the copy finds no
-  subscriber) the consumer keeps its session instead, like slot 0.
+  ends its session.  A copy counts one more delivery only if ``receive``
+  returned the message; one merely prefetched keeps its count.  Whether the
+  session is drained is asked of the broker itself: an UNSUBSCRIBE is
+  answered after everything the preceding acks released.  If nobody else
+  holds the subscription (the copy finds no subscriber) the consumer keeps
+  its session instead, like slot 0.
 * A consumer whose connection drops keeps its session; the resilient
   ``Consumer`` recreates it on the lowest free slot, normally the same one.
 * Two processes may pick the same slot: the broker then disconnects the
@@ -69,15 +71,19 @@ q0 consumers use throwaway sessions (unique client id, expiry 0); nothing
 of theirs survives them.
 
 Acknowledgement and nack.  An ack is the MQTT PUBACK of that one message.
-MQTT has no nack: a nacked message is put back at the end of this
-consumer's local queue with ``redelivery_count`` + 1 and delivered again,
-while its PUBACK is withheld until it is finally acked (or, on close, handed
-back as above) -- ``Capabilities.native_nack`` is False.  The count is kept
-by the backend: it travels with a handed-back message as the user property
-``tg-mqtt-redeliveries`` (reserved: a producer may not set it) and a session
-redelivery after a lost connection adds one (the MQTT DUP flag), but a
-message that outlives several crashed consumers is counted once, which is
-why ``Capabilities.redelivery_count`` is False.  Consumers subscribe at QoS
+MQTT has no nack (``Capabilities.native_nack`` is False): a nacked q1/q2
+message is published again to the subscription's redelivery topic with
+``redelivery_count`` + 1, and the original is acknowledged once the broker
+confirmed that copy, so the count survives a lost connection or a reopened
+slot and a message nacked every time reaches the ``Consumer``'s dead-letter
+limit.  The copy goes to any consumer of the subscription.  (q0, or a copy
+the broker does not take: the message goes back on the local queue with the
+count in memory, its PUBACK withheld until it is finally acked.)  The count
+travels as the user property ``tg-mqtt-redeliveries`` (reserved: a producer
+may not set it) and a session redelivery after a lost connection adds one
+(the MQTT DUP flag), but a message that outlives several crashed consumers
+without a nack or hand-back is counted once, which is why
+``Capabilities.redelivery_count`` is False.  Consumers subscribe at QoS
 1 even on q2 topics: paho sends PUBREC for an incoming QoS 2 message before
 the handler ran, so a crash after it would lose the message.  q2 therefore
 means an exactly-once *publish* (``send`` returns after PUBCOMP); delivery is
@@ -91,10 +97,18 @@ return once paho has the message; up to ``max_inflight`` QoS 1/2 publishes
 the connection drops, the backend reconnects it by itself with
 ``retry.Backoff``; messages in flight are kept and resent (QoS 1 with DUP);
 ``send`` raises ``ConnectionLostError`` while it is down, and ``flush``
-raises it while messages wait for it.  Mosquitto 2.0 does not restore shared
+raises it while messages wait for it; a broker that refuses the credentials
+on a reconnect ends the reconnecting, and ``send``/``flush`` raise that
+``AuthenticationError``.  Mosquitto 2.0 does not restore shared
 subscriptions after a restart, so for ``UNROUTED_GRACE`` seconds after a
 reconnect a q1/q2 message the broker routed to nobody is published again
-until the consumers have resubscribed (see ``_Publisher``).
+until the consumers have resubscribed.  Only a PUBACK says "no matching
+subscribers" (Mosquitto answers a QoS 2 PUBREC with success regardless), so
+q2 messages are sent at QoS 1 in that window: ``send`` returns once a
+subscriber took one, and a connection lost again before its PUBACK may
+deliver it twice.  A QoS 2 flow interrupted by the restart itself is
+finished at QoS 2 and not covered (see ``_Publisher``).  Closing ends the
+producer session: its id is random, nobody would resume it.
 
 Not MQTT features: replay from earliest (``initial_position="earliest"`` is
 accepted and behaves like latest for a new subscription; retained messages
@@ -965,14 +979,21 @@ class _Link:
 
 
 class _Pending:
-    """One publish the broker has not confirmed yet; kept to send it again if need be."""
+    """One publish the broker has not confirmed yet; kept to send it again if need be.
 
-    __slots__ = ("backoff", "confirm", "payload", "producer", "props")
+    ``qos`` is the QoS it went out with: 1 for a q2 message sent in the grace
+    window after a reconnect (see ``_Publisher``).
+    """
 
-    def __init__(self, producer: MQTTProducer, payload: bytes, props: Properties | None) -> None:
+    __slots__ = ("backoff", "confirm", "payload", "producer", "props", "qos")
+
+    def __init__(
+        self, producer: MQTTProducer, payload: bytes, props: Properties | None, qos: int
+    ) -> None:
         self.producer = producer
         self.payload = payload
         self.props = props
+        self.qos = qos
         self.confirm: asyncio.Future[ReasonCode | None] | None = None
         self.backoff: Backoff | None = None
 
@@ -991,6 +1012,18 @@ class _Publisher:
     message answered that way is published again (with backoff) until a
     subscriber takes it or the grace period ends.  Outside that window the
     answer is final, as MQTT means it: nobody subscribes to that topic.
+
+    Only a PUBACK says so: Mosquitto routes a QoS 2 message on PUBREL and
+    answers PUBREC "Success" either way (and paho ignores PUBREC reason codes).
+    So in the grace window q2 messages are published at QoS 1, and ``send``
+    returns once a subscriber took one (or the window closed).  The price: a
+    connection lost again before that PUBACK resends it with DUP, which the
+    broker may deliver twice.  A QoS 2 flow the restart itself interrupted is
+    finished by paho at QoS 2 and is not covered.
+
+    A broker that refuses the credentials stops the reconnecting (retrying
+    cannot fix them): ``error`` keeps the ``AuthenticationError``, which
+    ``send`` raises; ``ready`` tries once more and raises it again.
     """
 
     def __init__(self, backend: MQTTBackend) -> None:
@@ -1015,6 +1048,8 @@ class _Publisher:
         self._was_lost = False
         self._grace_until = 0.0
         self._grace_logged = False
+        #: the broker refused the credentials on a reconnect; no more reconnecting.
+        self.error: AuthenticationError | None = None
 
     @property
     def window(self) -> int:
@@ -1024,7 +1059,11 @@ class _Publisher:
         await self.link.open()
 
     async def ready(self) -> None:
-        """Return once connected; a reconnect in progress is waited for up to connect_timeout."""
+        """Return once connected; a reconnect in progress is waited for up to connect_timeout.
+
+        After refused credentials this makes one new attempt (they may have been
+        fixed on the broker) and raises its ``AuthenticationError`` again.
+        """
         if self.link.connected:
             return
         task = self._reconnecting
@@ -1038,6 +1077,8 @@ class _Publisher:
                 f"the MQTT broker at {self.backend.where} is not reachable; "
                 "the backend keeps reconnecting in the background"
             ) from None
+        if self.error is not None:
+            raise self.error
         if not self.link.connected:
             raise ConnectionLostError(f"MQTT connection to {self.backend.where} lost again")
 
@@ -1051,15 +1092,22 @@ class _Publisher:
         try:
             await retry(
                 self.link.reconnect,
-                retry_on=(BrokerConnectionError, AuthenticationError),
+                retry_on=(BrokerConnectionError,),
                 backoff=Backoff(base=0.05, cap=5.0),
                 what=f"reconnect producers to the MQTT broker at {self.backend.where}",
             )
+            self.error = None
+        except AuthenticationError as exc:
+            self.error = exc
+            log.error("MQTT producer connection: %s; not reconnecting", exc)
+            self._fail_confirms(exc)
         except ClosedError:
-            pass
+            pass  # the backend closed while reconnecting: nothing left to reconnect
         finally:
             self._reconnecting = None
             self._wake_space()
+            for producer in {e.producer for e in self.pending.values()}:
+                producer._wake()
 
     def _connected(self) -> None:
         if self._was_lost:
@@ -1075,14 +1123,10 @@ class _Publisher:
             if entry is not None:
                 entry.producer._settled(None)
         self._qos0.clear()
-        error = ConnectionLostError(
+        self._fail_confirms(ConnectionLostError(
             f"MQTT connection to {self.backend.where} lost before the broker confirmed a q2 "
             "message; paho resends it when the connection is back, so it may still arrive"
-        )
-        for entry in self.pending.values():
-            if entry.confirm is not None and not entry.confirm.done():
-                entry.confirm.set_exception(error)
-                entry.confirm.exception()  # retrieved: a cancelled sender must not log it
+        ))
         for producer in {e.producer for e in self.pending.values()}:
             producer._wake()
         self._wake_space()
@@ -1090,6 +1134,23 @@ class _Publisher:
             log.warning("MQTT producer connection to %s lost (%s); reconnecting",
                         self.backend.where, reason)
             self._start_reconnect()
+
+    def _fail_confirms(self, error: PubSubError) -> None:
+        """Wake every q2 sender still waiting, with ``error``."""
+        for entry in self.pending.values():
+            self._confirm(entry, error)
+
+    @staticmethod
+    def _confirm(entry: _Pending, outcome: ReasonCode | PubSubError | None) -> None:
+        """Settle a q2 sender's wait (a no-op for q0/q1 or when already settled)."""
+        fut = entry.confirm
+        if fut is None or fut.done():
+            return
+        if isinstance(outcome, PubSubError):
+            fut.set_exception(outcome)
+            fut.exception()  # retrieved: a cancelled sender must not log it
+        else:
+            fut.set_result(outcome)
 
     def _published(self, mid: int, reason: ReasonCode) -> None:
         entry = self.pending.pop(mid, None)
@@ -1108,8 +1169,7 @@ class _Publisher:
             if reason == _NO_MATCHING_SUBSCRIBERS and self._loop.time() < self._grace_until:
                 self._unrouted(entry)
                 return
-        if entry.confirm is not None and not entry.confirm.done():
-            entry.confirm.set_result(reason)
+        self._confirm(entry, reason)
         entry.producer._settled(None if entry.confirm is not None else reason)
 
     def _unrouted(self, entry: _Pending) -> None:
@@ -1126,23 +1186,37 @@ class _Publisher:
 
     def _republish(self, entry: _Pending) -> None:
         link = self.link
+        topic = entry.producer.topic
         if self.backend.closed or link.closing:
-            entry.producer._settled(None)
+            self._abandon(entry, ClosedError(
+                f"the MQTT backend closed before a subscriber took a message for {topic}"
+            ))
             return
         if not link.connected:
             if self._loop.time() < self._grace_until or self._reconnecting is not None:
                 self._unrouted(entry)
             else:
-                entry.producer._settled(None)
+                self._abandon(entry, self.error or ConnectionLostError(
+                    f"MQTT connection to {self.backend.where} lost before a subscriber took a "
+                    f"message for {topic}"
+                ))
             return
         try:
-            info = link.publish(entry.producer.native, entry.payload, entry.producer.qos, entry.props)
+            info = link.publish(entry.producer.native, entry.payload, entry.qos, entry.props)
         except PubSubError as exc:
-            log.warning("republishing a message for %s failed: %s", entry.producer.topic, exc)
-            entry.producer._settled(None)
+            self._abandon(entry, exc)
             return
         self.pending[info.mid] = entry
         self.inflight += 1
+
+    def _abandon(self, entry: _Pending, error: PubSubError) -> None:
+        """Give up on republishing a message nobody took: tell its sender, or its flush."""
+        log.warning("MQTT message for %s not published again: %s", entry.producer.topic, error)
+        self._confirm(entry, error)
+        producer = entry.producer
+        if entry.confirm is None and producer._error is None:
+            producer._error = error
+        producer._settled(None)
 
     def _wake_space(self) -> None:
         waiters, self._space = self._space, deque()
@@ -1154,9 +1228,10 @@ class _Publisher:
         self, producer: MQTTProducer, payload: bytes, props: Properties | None
     ) -> None:
         link = self.link
-        qos = producer.qos
         while True:
             if not link.connected:
+                if self.error is not None:
+                    raise self.error
                 raise ConnectionLostError(
                     f"MQTT connection to {self.backend.where} is down (reconnecting); "
                     f"message for {producer.topic} not sent"
@@ -1165,7 +1240,7 @@ class _Publisher:
             if wire is not None and wire.buffered > _WIRE_HIGH:
                 await wire.drained()
                 continue
-            if qos == 0 or self.inflight < self.window:
+            if producer.qos == 0 or self.inflight < self.window:
                 break
             fut: asyncio.Future[None] = self._loop.create_future()
             self._space.append(fut)
@@ -1175,6 +1250,9 @@ class _Publisher:
                 if fut.done() and not fut.cancelled():
                     self._wake_one_more()
                 raise
+        qos = producer.qos
+        if qos == 2 and self._loop.time() < self._grace_until:
+            qos = 1  # only a PUBACK tells "no matching subscribers" (see the class doc)
         info = link.publish(producer.native, payload, qos, props)
         mid = info.mid
         if qos == 0:
@@ -1185,14 +1263,14 @@ class _Publisher:
                 )
             if not info.is_published():
                 self._qos0.add(mid)
-                self.pending[mid] = _Pending(producer, b"", None)
+                self.pending[mid] = _Pending(producer, b"", None, 0)
                 producer._outstanding += 1
             return
-        entry = _Pending(producer, payload, props)
+        entry = _Pending(producer, payload, props, qos)
         self.inflight += 1
         self.pending[mid] = entry
         producer._outstanding += 1
-        if qos == 2:
+        if producer.qos == 2:
             entry.confirm = self._loop.create_future()
             reason = await entry.confirm
             if reason is not None and reason.is_failure:
@@ -1207,8 +1285,20 @@ class _Publisher:
                 return
 
     async def close(self) -> None:
+        """Disconnect and end the session.
+
+        The session exists for paho to resume an interrupted QoS 2 flow on a
+        reconnect of this very client; its id is random, so once closed nobody
+        ever resumes it, and keeping it would only leave it (and any message
+        the broker holds for its PUBREL) on the broker until it expires.
+        """
         task = self._reconnecting
-        await self.link.close(end_session=not self.pending)
+        if self.pending:
+            log.warning(
+                "MQTT producer connection to %s closing with %d messages unconfirmed; they may "
+                "not have reached the broker", self.backend.where, len(self.pending),
+            )
+        await self.link.close(end_session=True)
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, PubSubError):
@@ -1282,6 +1372,8 @@ class MQTTProducer:
         loop = asyncio.get_running_loop()
         while self._outstanding > 0:
             publisher = self._backend.publisher
+            if publisher is not None and publisher.error is not None:
+                raise publisher.error
             if publisher is None or not publisher.link.connected:
                 raise ConnectionLostError(
                     f"MQTT connection to {self._backend.where} is down with {self._outstanding} "
@@ -1313,14 +1405,20 @@ class MQTTProducer:
 
 
 class _Delivery:
-    """The broker-side identity of one received message: its packet id and QoS."""
+    """The broker-side identity of one received message: its packet id and QoS.
 
-    __slots__ = ("consumer", "mid", "qos")
+    ``delivered``: ``receive`` returned it (since it last entered the local
+    queue).  Only such a message counts one more delivery when handed back; a
+    prefetched one the application never saw does not.
+    """
+
+    __slots__ = ("consumer", "delivered", "mid", "qos")
 
     def __init__(self, consumer: MQTTConsumer, mid: int, qos: int) -> None:
         self.consumer = consumer
         self.mid = mid
         self.qos = qos
+        self.delivered = False
 
 
 class MQTTConsumer:
@@ -1348,6 +1446,7 @@ class MQTTConsumer:
             self._filters.append(naming.mqtt_redelivery_filter(t, subscription))
         self._key: _SlotKey = (backend.host, backend.port, t.identity, subscription)
         self._slot: int | None = None
+        self._slot_released = False
         self._link: _Link | None = None
         self._buffer: deque[BaseMessage] = deque()
         self._unacked: dict[_Delivery, BaseMessage] = {}
@@ -1356,6 +1455,10 @@ class MQTTConsumer:
         self._error: PubSubError | None = None
         self._done: asyncio.Event | None = None
         self._arrivals = 0
+        #: nacks whose copy is being published (see ``negative_acknowledge``).
+        self._nacking: dict[_Delivery, asyncio.Task[None]] = {}
+        #: QoS 1 publishes of this consumer's own in flight, up to the broker's Receive Maximum.
+        self._publishing: asyncio.Semaphore | None = None
 
     @property
     def slot(self) -> int | None:
@@ -1383,6 +1486,7 @@ class MQTTConsumer:
         self._link = link
         try:
             await link.open()
+            self._publishing = asyncio.Semaphore(max(1, link.server_receive_maximum))
             reasons = await link.subscribe([(f, min(self._qos, 1)) for f in self._filters])
             for f, reason in zip(self._filters, reasons, strict=False):
                 if reason.is_failure:
@@ -1395,7 +1499,10 @@ class MQTTConsumer:
             raise
 
     def _release(self) -> None:
-        if self._slot is not None:
+        """Give the slot back, once: a lost connection and the close after it both
+        release, and by then another consumer may hold the same slot number."""
+        if self._slot is not None and not self._slot_released:
+            self._slot_released = True
             _SLOTS.release(self._key, self._slot)
         self._backend._consumers.discard(self)
 
@@ -1414,7 +1521,12 @@ class MQTTConsumer:
                 try:
                     redeliveries += max(0, int(carried))
                 except ValueError:
-                    pass
+                    # Not ours (the property is reserved): the count it should carry is unknown.
+                    log.warning(
+                        "consumer %r on %s: message with a malformed %s property %r; its "
+                        "redelivery count restarts at %d", self.subscription, self.topic,
+                        REDELIVERY_PROPERTY, carried[:40], redeliveries,
+                    )
         h = _Delivery(self, m.mid, m.qos)
         payload = m.payload
         if not isinstance(payload, bytes):
@@ -1479,7 +1591,9 @@ class MQTTConsumer:
             if self._state != _OPEN:
                 raise self._not_open()
             if self._buffer:
-                return self._buffer.popleft()
+                msg = self._buffer.popleft()
+                msg.handle.delivered = True
+                return msg
             if loop is None:
                 loop = asyncio.get_running_loop()
                 if timeout is not None:
@@ -1524,23 +1638,69 @@ class MQTTConsumer:
             self._link.ack(h.mid, h.qos)
 
     async def negative_acknowledge(self, message: Message) -> None:
-        """Deliver this message again from the local queue; its PUBACK waits for the final ack."""
+        """Deliver this message again, with ``redelivery_count`` + 1.
+
+        q1/q2: a copy carrying the new count goes to the subscription's
+        redelivery topic, and the original is acknowledged once the broker
+        confirmed the copy.  Kept only in memory, the count would restart
+        after a lost connection or a reopened slot, and a message nacked
+        every time could cycle forever below the dead-letter limit.  The copy
+        may reach any consumer of the subscription.  q0, and a copy the broker
+        does not take: back on the local queue, its PUBACK withheld until the
+        final ack.
+        """
         h = self._delivery(message)
         if self._state != _OPEN:
             if self._state == _CLOSING:
                 return  # the closing consumer hands it back or leaves it in its session
             raise self._not_open()
         current = self._unacked.get(h)
-        if current is None:
+        if current is None or h in self._nacking:
             return
-        again = BaseMessage(
-            current.data(),
-            current.properties(),
-            self.topic,
-            self._schema,
-            message.redelivery_count + 1,
-            h,
+        count = current.redelivery_count + 1
+        link = self._link
+        if not self._redelivery_topic or link is None:
+            self._requeue(h, current, count)
+            return
+        # A task, so that a cancelled caller cannot leave the copy half-settled.
+        task = asyncio.get_running_loop().create_task(self._pass_on(link, h, current, count))
+        self._nacking[h] = task
+        await asyncio.shield(task)
+
+    async def _pass_on(self, link: _Link, h: _Delivery, msg: BaseMessage, count: int) -> None:
+        """Publish a nacked message's copy, then PUBACK the original; or requeue it locally."""
+        why: str
+        try:
+            props = _user_properties(msg.properties(), self.topic, count)
+            assert self._publishing is not None
+            async with asyncio.timeout(self._backend.connect_timeout), self._publishing:
+                reason = await link.publish_confirmed(self._redelivery_topic, msg.data(), 1, props)
+            if not reason.is_failure and reason != _NO_MATCHING_SUBSCRIBERS:
+                if self._unacked.pop(h, None) is not None and link.connected:
+                    link.ack(h.mid, h.qos)
+                return
+            why = f"the broker answered {reason}"
+        except (ConnectionLostError, ClosedError):
+            return  # the original stays in the session and comes back from there
+        except TimeoutError:
+            why = f"no PUBACK within {self._backend.connect_timeout}s"
+        except PubSubError as exc:
+            why = str(exc)
+        finally:
+            self._nacking.pop(h, None)
+        log.warning(
+            "consumer %r on %s: a nacked message's copy was not published (%s); redelivering "
+            "it from memory, where its count does not survive a lost connection",
+            self.subscription, self.topic, why,
         )
+        self._requeue(h, msg, count)
+
+    def _requeue(self, h: _Delivery, msg: BaseMessage, count: int) -> None:
+        """Put a nacked message back at the end of the local queue with ``count``."""
+        if self._state != _OPEN or h not in self._unacked:
+            return  # closing hands it back; a lost connection leaves it in the session
+        again = BaseMessage(msg.data(), msg.properties(), self.topic, self._schema, count, h)
+        h.delivered = False
         self._unacked[h] = again
         self._buffer.append(again)
         self._wake_one()
@@ -1579,6 +1739,10 @@ class MQTTConsumer:
         self._wake_all()
         link = self._link
         try:
+            if self._nacking:
+                # Settle them first: a copy confirmed after the close would find
+                # its original handed back too (or its session ended).
+                await asyncio.wait(list(self._nacking.values()))
             if link is None or not link.connected:
                 pass
             elif unsubscribe:
@@ -1614,9 +1778,13 @@ class MQTTConsumer:
                                 self._redelivery_topic,
                                 msg.data(),
                                 1,
-                                props_of(msg.properties(), self.topic, msg.redelivery_count + 1),
+                                props_of(
+                                    msg.properties(),
+                                    self.topic,
+                                    msg.redelivery_count + (1 if h.delivered else 0),
+                                ),
                             )
-                            for _, msg in held
+                            for h, msg in held
                         ))
                         kept = False
                         for (h, _), reason in zip(held, reasons, strict=True):
