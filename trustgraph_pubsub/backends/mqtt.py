@@ -128,6 +128,19 @@ Broker settings that matter (Mosquitto): ``max_queued_messages`` (default
 ``set_tcp_nodelay true``, ``persistence true`` for q1 to survive a restart.
 The largest message is MQTT's 256 MiB packet limit less room for the topic
 and properties; 100 MiB were seen to work with Mosquitto.
+
+Private internals of paho-mqtt this module relies on (checked without a
+broker by ``tests/unit/test_client_internals.py``; ``pyproject.toml`` keeps
+paho-mqtt to the minor versions that passed):
+
+* ``Client._sock``: swapped for a ``_Wire`` once connected (paho has no hook
+  for its socket object) and cleared before a reconnect; ``_Wire`` implements
+  every method paho calls on it (``send``, ``recv``, ``close``, ``fileno``,
+  ``setblocking``).
+* ``Client.publish`` and ``Client._send_publish`` using publish properties
+  only through ``pack()``: ``_PackedProperties``, a ``Properties`` subclass
+  that skips the base ``__init__``, packs user properties once per message
+  instead of on every call.
 """
 
 from __future__ import annotations

@@ -89,6 +89,22 @@ delivery becomes a ``BaseMessage`` with the broker's header dict as its
 properties unless that needs cleaning; receive and send hand over without an
 extra task, and yield to the loop every ``_YIELD_EVERY`` calls that did not
 wait, so a busy consumer cannot starve the loop.
+
+Private internals of pika this module relies on (checked without a broker by
+``tests/unit/test_client_internals.py``; ``pyproject.toml`` keeps pika to the
+minor versions that passed):
+
+* ``AsyncioConnection._transport``: the connected stream transport, which
+  ``_coalesce_writes`` works on.
+* The transport's ``_tx_buffers`` (the deque of queued frames), ``_produce``
+  (replaced on the instance by one that joins the frames first) and
+  ``_on_socket_writable`` (pika's writability handler, which calls
+  ``_produce``; latency-bound sends call it at once), of
+  ``pika.adapters.utils.io_services_utils._AsyncPlaintextTransport``.
+  Without them pika writes as it would on its own.
+* The ``pika.channel`` logger's WARNING for a broker's Channel.Close, whose
+  arguments ``(reply_code, reply_text, channel)`` ``_ExpectedNotFound`` reads
+  to drop the 404 that answers a passive declare.
 """
 
 from __future__ import annotations
