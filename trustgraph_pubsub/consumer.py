@@ -19,8 +19,12 @@ Dead-lettering sends the original bytes, with the original properties plus
 once that send is flushed is the original acknowledged.  If the dead-letter
 send fails, the original is nacked instead, so nothing is lost.
 
-At most ``concurrency`` handlers run at once; the backend is asked for the
-same ``prefetch``.  A lost connection (``ConnectionLostError`` or
+At most ``concurrency`` handlers run at once.  ``prefetch`` (how many
+messages the broker may push ahead of acks) is its own option, by default
+``DEFAULT_PREFETCH`` (100): with ``concurrency=1`` a prefetch of one would
+cost a broker round trip per message.  It is never below ``concurrency``
+(each handler needs a message), and it bounds what a consumer holds in
+memory to ``prefetch`` messages.  A lost connection (``ConnectionLostError`` or
 ``BrokerConnectionError`` from the backend consumer) closes the backend
 consumer and recreates it with jittered backoff; handlers still running
 finish, and their acks to the dead consumer are dropped (the broker
@@ -80,6 +84,11 @@ DLQ_ERROR_MAX = 1000
 #: a worker yields to the event loop after this many messages in a row, in
 #: case its backend returns buffered messages without ever suspending.
 _YIELD_EVERY = 64
+
+#: messages the broker may push ahead of acks unless ``prefetch`` says otherwise: enough
+#: to keep the pipe full at a few thousand messages a second, little enough to hold in
+#: memory (100 messages of 1 MiB at most) and to leave work for competing consumers.
+DEFAULT_PREFETCH = 100
 
 #: handler latency clock (what ``loop.time()`` reads, without the method lookups)
 _clock = time.monotonic
@@ -156,6 +165,7 @@ class Consumer:
         handler: Handler,
         *,
         concurrency: int = 1,
+        prefetch: int = DEFAULT_PREFETCH,
         max_redeliveries: int = 5,
         initial_position: str = "latest",
         consumer_type: str = "shared",
@@ -167,6 +177,10 @@ class Consumer:
         if not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigurationError(
                 f"consumer on {topic}: concurrency must be an int >= 1, got {concurrency!r}"
+            )
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
+            raise ConfigurationError(
+                f"consumer on {topic}: prefetch must be an int >= 1, got {prefetch!r}"
             )
         if not isinstance(max_redeliveries, int) or max_redeliveries < 0:
             raise ConfigurationError(
@@ -189,6 +203,7 @@ class Consumer:
         self.schema = schema
         self.handler = handler
         self.concurrency = concurrency
+        self.prefetch = max(prefetch, concurrency)
         self.max_redeliveries = max_redeliveries
         self.initial_position = initial_position
         self.consumer_type = consumer_type
@@ -223,7 +238,7 @@ class Consumer:
                 self.schema,
                 cast(InitialPosition, self.initial_position),
                 cast(ConsumerType, self.consumer_type),
-                prefetch=self.concurrency,
+                prefetch=self.prefetch,
             )
 
         bc = await retry(

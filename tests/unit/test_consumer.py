@@ -611,3 +611,44 @@ async def test_a_failing_dead_letter_send_backs_off(mb: MemoryBackend, monkeypat
     # One attempt per 0.2 s pause at most (plus the first), not thousands.
     assert 1 <= calls <= 6, calls
     assert [m.value().n for m in await leftovers(mb, t, "s")] == [1]
+
+
+class _Recording(MemoryBackend):
+    """The memory backend, noting the options each ``create_consumer`` got."""
+
+    def __init__(self, hub: MemoryHub) -> None:
+        super().__init__(hub)
+        self.opts: list[dict[str, Any]] = []
+
+    async def create_consumer(self, *args: Any, **opts: Any) -> Any:
+        self.opts.append(opts)
+        return await super().create_consumer(*args, **opts)
+
+
+async def _noop(msg: Message) -> None:
+    return None
+
+
+@pytest.mark.parametrize(
+    ("concurrency", "prefetch", "asked"),
+    [(1, None, 100), (1, 7, 7), (4, None, 100), (300, None, 300), (8, 2, 8)],
+)
+async def test_prefetch_is_its_own_option(
+    hub: MemoryHub, concurrency: int, prefetch: int | None, asked: int
+) -> None:
+    # concurrency=1 must not mean one message per broker round trip; prefetch
+    # never goes below concurrency, since each handler needs a message.
+    b = _Recording(hub)
+    kw: dict[str, Any] = {} if prefetch is None else {"prefetch": prefetch}
+    c = Consumer(b, fresh(), "s", Item, _noop, concurrency=concurrency, **kw)
+    await c.start()
+    await c.stop()
+    await b.close()
+    assert c.prefetch == asked
+    assert b.opts[0]["prefetch"] == asked
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "10"])
+def test_prefetch_is_validated(mb: MemoryBackend, bad: Any) -> None:
+    with pytest.raises(ConfigurationError, match="prefetch"):
+        Consumer(mb, fresh(), "s", Item, _noop, prefetch=bad)
