@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import json
 import logging
 import os
@@ -32,9 +33,10 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from tests.brokers import (
     DUPLICATES_UNDER_LOAD,
@@ -58,6 +60,7 @@ from trustgraph_pubsub import (
 )
 from trustgraph_pubsub.backend import InitialPosition
 from trustgraph_pubsub.factory import BACKEND_OPTIONS
+from trustgraph_pubsub.metrics import Metrics
 from trustgraph_pubsub.retry import Backoff
 from trustgraph_schema.topic import topic
 
@@ -189,6 +192,66 @@ async def wait_until(cond: Callable[[], bool], within: float = WAIT, step: float
             return cond()
         await asyncio.sleep(step)
     return True
+
+
+async def wait_event(event: asyncio.Event, within: float = WAIT) -> bool:
+    """Whether ``event`` is set within ``within`` seconds.
+
+    For waiting on another task (a handler, a consumer's worker) to reach a
+    state it announces itself: no guessed sleep, and bounded.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(within):
+            await event.wait()
+    return event.is_set()
+
+
+def consumer_metrics() -> Metrics:
+    """A ``Metrics`` of its own, so a case can read what its ``Consumer`` counted
+    (reconnects above all) without seeing any other test's counts."""
+    return Metrics(CollectorRegistry())
+
+
+def reconnects(metrics: Metrics, backend: PubSubBackend, name: str, sub: str) -> float:
+    """How often the ``Consumer`` on ``name``/``sub`` recreated its backend consumer."""
+    return metrics.value("reconnects_total", topic=name, subscription=sub, backend=backend.name)
+
+
+class ReceiveWatch:
+    """The real backend, with its consumers' ``receive`` calls made visible.
+
+    ``receiving`` is set while a ``receive`` of a consumer made through this
+    wrapper is waiting, so a case can wait for a ``Consumer`` to be idle in
+    ``receive`` instead of sleeping and hoping.  Everything else is the
+    backend's own: this only observes, it changes no broker behaviour.
+    """
+
+    def __init__(self, backend: PubSubBackend) -> None:
+        self._backend = backend
+        self.receiving = asyncio.Event()
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._backend, attr)
+
+    async def create_consumer(self, *args: Any, **kwargs: Any) -> BackendConsumer:
+        inner = await self._backend.create_consumer(*args, **kwargs)
+        return cast(BackendConsumer, _WatchedConsumer(inner, self.receiving))
+
+
+class _WatchedConsumer:
+    def __init__(self, inner: BackendConsumer, receiving: asyncio.Event) -> None:
+        self._inner = inner
+        self._receiving = receiving
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._inner, attr)
+
+    async def receive(self, timeout: float | None = None) -> Message:  # noqa: ASYNC109 (contract)
+        self._receiving.set()
+        try:
+            return await self._inner.receive(timeout)
+        finally:
+            self._receiving.clear()
 
 
 def missing_text(missing: set[int], total: int) -> str:
@@ -519,32 +582,54 @@ class Battery:
             await p.send(Item(n=i))
         await p.flush()
 
-        first: dict[int, int] = {}
-        handled: dict[int, int] = {}
+        # Every delivery's redelivery_count, per message, in arrival order.
+        counts: dict[int, list[int]] = {}
         deadline = time.monotonic() + WAIT * 2
-        while len(handled) < n and time.monotonic() < deadline:
+        while sum(len(cs) >= 2 for cs in counts.values()) < n and time.monotonic() < deadline:
             msg = await recv(c, 1.0)
             if msg is None:
                 continue
             v = msg.value().n
-            if v not in first:
-                first[v] = msg.redelivery_count
+            counts.setdefault(v, []).append(msg.redelivery_count)
+            if len(counts[v]) == 1:
                 await c.negative_acknowledge(msg)
             else:
-                handled[v] = msg.redelivery_count
                 await c.acknowledge(msg)
-        missing = set(range(n)) - set(handled)
+        missing = {i for i in range(n) if len(counts.get(i, ())) < 2}
         assert not missing, "after a nack: " + missing_text(missing, n)
-        if ctx.caps.redelivery_count:
-            assert all(r == 0 for r in first.values()), f"first deliveries: {first}"
-            assert all(r >= 1 for r in handled.values()), f"redeliveries: {handled}"
+        # Counts on every backend, Capabilities.redelivery_count or not: that
+        # capability is about counts surviving a change of consumer (Kafka
+        # counts in the consumer, MQTT a crash only once).  Here one consumer
+        # keeps its connection throughout (a lost one fails the case with
+        # ConnectionLostError), so each message was delivered exactly once
+        # before its redelivery: 0, then 1.
+        first = {v: cs[0] for v, cs in sorted(counts.items())}
+        again = {v: cs[1] for v, cs in sorted(counts.items())}
+        assert all(r == 0 for r in first.values()), f"redelivery_count on first deliveries: {first}"
+        assert all(r == 1 for r in again.values()), (
+            f"redelivery_count on the redelivery after one nack: {again}"
+        )
+        later = {v: cs[2:] for v, cs in counts.items() if cs[2:]}
+        assert all(r >= 1 for cs in later.values() for r in cs), (
+            f"deliveries after the redelivery counted as first deliveries: {later}"
+        )
 
     # -- 7 ---------------------------------------------------------------------
 
     async def test_07_poison_message(self, backend: PubSubBackend, ctx: Ctx) -> None:
+        """The handler's poison is attempted exactly ``max_redeliveries + 1`` times.
+
+        ``Consumer`` nacks a failed message until its ``redelivery_count``
+        reaches ``max_redeliveries``, then dead-letters it with
+        ``x-dlq-deliveries`` = count + 1, and dead-letters one whose count is
+        already above the limit without running the handler.  With the
+        backend's counts exact, the handler sees counts 0, 1, ... max and
+        nothing after the dead-letter copy.
+        """
         from trustgraph_pubsub.consumer import Consumer
 
         max_redeliveries = 3
+        attempts = max_redeliveries + 1
         name, sub = ctx.topic("poison"), ctx.sub("poison")
         dlq = ctx.track(naming.dead_letter_topic(name))
         position: InitialPosition = "earliest" if ctx.caps.replay_from_earliest else "latest"
@@ -552,14 +637,18 @@ class Battery:
 
         poison_n = 10_000
         calls: Counter[int] = Counter()
+        poison_counts: list[int] = []  # redelivery_count of each attempt at the poison
 
         async def handler(msg: Message) -> None:
             v = msg.value()
             calls[v.n] += 1
             if v.n == poison_n:
+                poison_counts.append(msg.redelivery_count)
                 raise RuntimeError(f"always fails: poison {v.n}")
 
-        consumer = Consumer(backend, name, sub, Item, handler, max_redeliveries=max_redeliveries)
+        metrics = consumer_metrics()
+        consumer = Consumer(backend, name, sub, Item, handler, max_redeliveries=max_redeliveries,
+                            metrics=metrics)
         await consumer.start()
         ctx.defer(consumer.stop)
 
@@ -584,11 +673,14 @@ class Battery:
         assert ok, "stream behind the poison stalled: " + missing_text(want - calls.keys(), good)
 
         dead: list[Message] = []
+        attempts_at_copy: int | None = None  # handler attempts when the poison's copy arrived
         deadline = time.monotonic() + WAIT
         while len(dead) < 2 and time.monotonic() < deadline:
             msg = await recv(dlq_consumer, 1.0)
             if msg is not None:
                 dead.append(msg)
+                if msg.properties().get("origin") == "handler" and attempts_at_copy is None:
+                    attempts_at_copy = calls[poison_n]
                 await dlq_consumer.acknowledge(msg)
         dead.extend(await receive_quiet(dlq_consumer))
         by_origin = {m.properties().get("origin"): m for m in dead}
@@ -611,9 +703,47 @@ class Battery:
             assert props["x-dlq-topic"] == name
             assert props["x-dlq-subscription"] == sub
             assert int(props["x-dlq-deliveries"]) >= 1
-        assert 1 <= calls[poison_n] <= max_redeliveries + 1, (
-            f"handler saw the poison {calls[poison_n]} times (max_redeliveries={max_redeliveries})"
+
+        # The handler never runs after the dead-letter copy exists.
+        assert attempts_at_copy == calls[poison_n], (
+            f"handler ran on the poison after its dead-letter copy: {attempts_at_copy} attempts "
+            f"when the copy arrived, {calls[poison_n]} in the end"
         )
+        tried = calls[poison_n]
+        raw_deliveries = int(raw_dead.properties()["x-dlq-deliveries"])
+        deliveries = int(handler_dead.properties()["x-dlq-deliveries"])
+        seen = f"attempts {tried}, counts seen {poison_counts}, x-dlq-deliveries {deliveries}"
+        assert 1 <= tried <= attempts, f"handler saw the poison {tried} times ({seen})"
+        assert tried == len(poison_counts)
+        # x-dlq-deliveries: count + 1 of the delivery dead-lettered, which is
+        # never below the limit (a count above it is dead-lettered at once).
+        assert deliveries >= attempts, f"dead-lettered before the limit: {seen}"
+
+        lost = reconnects(metrics, backend, name, sub)
+        if lost == 0:
+            # One backend consumer throughout: counts are exact on every backend,
+            # Capabilities.redelivery_count or not (False means a count restarts
+            # with a new consumer, Kafka, or counts a crash once, MQTT; neither
+            # happens here), so the poison had exactly max_redeliveries + 1 attempts.
+            assert poison_counts == list(range(attempts)), (
+                f"poison attempts with max_redeliveries={max_redeliveries}: {seen}"
+            )
+            assert deliveries == attempts, f"x-dlq-deliveries of the handler's poison: {seen}"
+            assert raw_deliveries == 1, (
+                f"undecodable bytes are dead-lettered on their first delivery, "
+                f"x-dlq-deliveries {raw_deliveries}"
+            )
+            return
+        # The Consumer lost its connection and recreated its backend consumer:
+        # only bounds hold.  Where the broker keeps the count
+        # (Capabilities.redelivery_count), it may also count deliveries the lost
+        # consumer held, never fewer, so counts only grow.  Where it is False,
+        # a new backend consumer may count from zero again.
+        log.warning("case 7: the Consumer on %s reconnected %.0f times: %s", name, lost, seen)
+        if ctx.caps.redelivery_count:
+            assert all(a < b for a, b in itertools.pairwise(poison_counts)), (
+                f"counts across {lost:.0f} reconnects must only grow: {seen}"
+            )
 
     # -- 8 ---------------------------------------------------------------------
 
@@ -888,10 +1018,13 @@ class Battery:
             # handler failure and the case would never see it.
             idle_handled.append(msg)
 
-        idle = Consumer(backend, ctx.topic("cancel-idle"), ctx.sub("idle"), Item, never)
+        watched = ReceiveWatch(backend)
+        idle = Consumer(cast(PubSubBackend, watched), ctx.topic("cancel-idle"), ctx.sub("idle"),
+                        Item, never)
         idle_run = asyncio.create_task(idle.run())
         ctx.defer(idle.stop)
-        await asyncio.sleep(1.0)
+        # Cancel while it waits in receive: the wrapper says when that is.
+        assert await wait_event(watched.receiving, WAIT), "idle Consumer never reached receive"
         assert not idle_run.done(), f"idle Consumer.run() ended by itself: {idle_run}"
         cancelled_at = time.monotonic()
         idle_run.cancel()
