@@ -15,6 +15,7 @@ Conventions every backend keeps (see DESIGN.md, "The backend contract"):
 * nack (or a handler exception upstream) means redelivery; ack of one
   message never acks another;
 * ``close()`` never deletes a durable subscription; ``unsubscribe()`` does;
+  an ``ephemeral=True`` subscription goes with its consumer (``create_consumer``);
 * properties are ``str -> str``;
 * constructors never do I/O (``get_pubsub`` is synchronous): the first
   ``create_*`` call connects, and a refused connection or bad credentials
@@ -179,8 +180,20 @@ class PubSubBackend(Protocol):
         consumer_type: ConsumerType = "shared",
         **opts: Any,
     ) -> BackendConsumer:
-        """Subscribe.  ``opts`` backends understand: ``prefetch`` (int, messages
-        the broker may push ahead of acks, normally the handler concurrency)."""
+        """Subscribe.  ``opts`` backends understand:
+
+        * ``prefetch`` (int, messages the broker may push ahead of acks,
+          normally the handler concurrency);
+        * ``ephemeral`` (bool, default False): the subscription belongs to
+          this consumer.  The broker deletes it, with whatever is queued on
+          it, when the consumer closes or its connection dies, with no call
+          from the client (a process killed with SIGKILL leaves nothing
+          behind).  Messages published while no consumer is attached may be
+          lost: that is the point.  For private, generated subscriptions
+          (``RequestResponse``'s reply subscription); ``unsubscribe`` works
+          as for a durable one.  Each backend's module docstring names the
+          native mechanism, and says where the broker cannot give it.
+        """
         ...
 
     async def create_queue(self, topic: str, subscription: str) -> None: ...

@@ -34,6 +34,14 @@ redelivers those messages, so delivery is at least once).
 then closes the backend consumer.  It never unsubscribes unless asked:
 the subscription is durable.
 
+``ephemeral=True`` asks the backend for an ephemeral subscription
+(``create_consumer(..., ephemeral=True)``): it belongs to this consumer and
+the broker deletes it when the consumer closes or its connection dies, so a
+crashed process leaves nothing behind.  After a lost connection the
+consumer recreates it, as a new, empty subscription: messages published
+in between (and any it held unacked) may be missed.  When an ephemeral
+consumer stops, its metrics label set is released (``Metrics.release``).
+
 How it stays cheap per message: a task per message (plus a semaphore and a
 done callback) cost more than the broker client's own receive and ack.
 Instead ``concurrency`` long-lived worker tasks take turns at the backend
@@ -153,7 +161,8 @@ class Consumer:
     (``<queue>.dlq`` in the same qos, tenant and namespace); a native Pulsar
     name needs an explicit one.  ``start_deadline`` bounds how long ``start``
     retries an unreachable broker (None: forever); once started, reconnects
-    retry until ``stop``.
+    retry until ``stop``.  ``ephemeral=True``: the subscription goes with this
+    consumer (see the module docstring); a reconnect recreates it empty.
     """
 
     def __init__(
@@ -173,6 +182,7 @@ class Consumer:
         backoff: Backoff | None = None,
         metrics: Metrics | None = None,
         start_deadline: float | None = 60.0,
+        ephemeral: bool = False,
     ) -> None:
         if not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigurationError(
@@ -209,11 +219,11 @@ class Consumer:
         self.consumer_type = consumer_type
         self.dead_letter_topic = dead_letter_topic
         self.start_deadline = start_deadline
+        self.ephemeral = bool(ephemeral)
         self._backoff = backoff or Backoff(base=0.1, cap=10.0)
         self._metrics_source = metrics or default_metrics()
-        self._m = self._metrics_source.bind(
-            topic, subscription, getattr(backend, "name", type(backend).__name__)
-        )
+        self._labels = (topic, subscription, getattr(backend, "name", type(backend).__name__))
+        self._m = self._metrics_source.bind(*self._labels)
         self._bc: BackendConsumer | None = None
         self._started = False
         self._workers: list[_Worker] = []
@@ -239,6 +249,7 @@ class Consumer:
                 cast(InitialPosition, self.initial_position),
                 cast(ConsumerType, self.consumer_type),
                 prefetch=self.prefetch,
+                ephemeral=self.ephemeral,
             )
 
         bc = await retry(
@@ -341,6 +352,9 @@ class Consumer:
                         self.subscription, self.topic, exc,
                     )
         finally:
+            if self.ephemeral:
+                # Its subscription is gone with it: so is its label set.
+                self._metrics_source.release(*self._labels)
             self._stopped.set()
 
     async def run(self) -> None:

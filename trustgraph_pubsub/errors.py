@@ -10,9 +10,35 @@ from __future__ import annotations
 
 from trustgraph_schema.errors import DecodeError, TopicError
 
+#: one message as a producer sent it: ``(payload, properties or None, key or None)``.
+Outgoing = tuple[bytes, dict[str, str] | None, str | None]
+
 
 class PubSubError(Exception):
-    """Base class of every SDK error."""
+    """Base class of every SDK error.
+
+    ``unconfirmed`` lists the messages a pipelining backend producer had
+    accepted but the broker never confirmed when this error ended them (a
+    send or flush raised it).  ``Producer`` sends them again after a lost
+    connection and otherwise reports how many there were; it is empty
+    everywhere else.
+    """
+
+    #: set on the instance by the backend that raises it
+    unconfirmed: tuple[Outgoing, ...] = ()
+
+
+class DeliveryError(PubSubError):
+    """Messages that a caller handed over were refused or never confirmed.
+
+    ``count`` is how many; raised by ``Publisher.flush``/``close`` and by
+    ``Producer`` when a refusal (not a lost connection) ended messages it had
+    already accepted from ``send``.
+    """
+
+    def __init__(self, message: str, count: int) -> None:
+        super().__init__(message)
+        self.count = count
 
 
 class ConfigurationError(PubSubError, ValueError):
@@ -66,8 +92,10 @@ __all__ = [
     "ClosedError",
     "ConfigurationError",
     "ConnectionLostError",
+    "DeliveryError",
     "MessageDecodeError",
     "MessageTooLargeError",
+    "Outgoing",
     "PubSubError",
     "PubSubTimeoutError",
     "QueueNotFoundError",

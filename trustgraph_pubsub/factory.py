@@ -110,6 +110,9 @@ BACKEND_OPTIONS: dict[str, tuple[Option, ...]] = {
                help="seconds to wait for the broker on connect and admin calls"),
         Option("join_timeout", "KAFKA_JOIN_TIMEOUT", 60.0, float,
                help="seconds create_consumer waits to join its group and get partitions"),
+        Option("request_timeout_ms", "KAFKA_REQUEST_TIMEOUT_MS", 40000, int,
+               help="how long the producer keeps an unconfirmed batch before failing it "
+               "(Producer then sends it again)"),
     ),
     "memory": (),
 }

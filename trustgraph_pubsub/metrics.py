@@ -29,7 +29,14 @@ loop that runs the client and read whole by the scrape, which may run in
 another thread and needs no lock for that.  Two loops in two threads sharing
 one label set add to the same cell; CPython (with its GIL) never switches
 threads in the middle of an ``x += 1`` on a slot, so no count is lost.  Cells
-live as long as their registry, as Prometheus's own labelled children do.
+live as long as their registry, as Prometheus's own labelled children do,
+unless released: ``Metrics.release(topic, subscription, backend)`` drops a
+consumer label set (its samples disappear from the next scrape, as with
+``prometheus_client``'s ``.remove(*labelvalues)``).  ``Consumer`` releases
+its label set when an ephemeral subscription's consumer stops, so a process
+that makes many short-lived ``RequestResponse`` callers (each with its own
+``rr-<uuid>`` subscription) does not grow its metrics forever.  Handles
+bound before the release keep counting into a detached cell nobody reads.
 """
 
 from __future__ import annotations
@@ -163,6 +170,11 @@ class _Collector:
                 cells = self._consumers[labels] = _ConsumerCells()
             return cells
 
+    def release(self, labels: tuple[str, str, str]) -> bool:
+        """Forget one consumer label set; whether it was there."""
+        with self._lock:
+            return self._consumers.pop(labels, None) is not None
+
     def producer(self, labels: tuple[str, str]) -> _ProducerCells:
         with self._lock:
             cells = self._producers.get(labels)
@@ -247,6 +259,17 @@ class Metrics:
         if self._collector is None:
             return BoundMetrics()
         return BoundMetrics(self._collector.consumer((topic, subscription, backend)))
+
+    def release(self, topic: str, subscription: str, backend: str) -> bool:
+        """Drop a consumer label set bound with ``bind``: its samples leave the
+        next scrape and its memory is freed.  Whether it was bound; idempotent.
+
+        Handles already bound keep working but count into a detached cell; a
+        later ``bind`` of the same labels starts again from zero.
+        """
+        if self._collector is None:
+            return False
+        return self._collector.release((topic, subscription, backend))
 
     def bind_producer(self, topic: str, backend: str) -> ProducerMetrics:
         """The send counter for one producer."""

@@ -7,23 +7,37 @@ seconds have passed; then the last error is raised.  Bad input
 (``TypeError``, ``MessageTooLargeError``, ``BadTopicError`` ...) is raised at
 once: retrying cannot fix it.
 
-What a broker client had accepted but not yet written when the connection
-dropped belongs to the backend: a backend that keeps sends in flight reports
-their loss from ``send``/``flush`` so that they are resent here or raised.
+Nothing that ``send`` accepted is dropped without a word.  Backends that keep
+sends in flight (Pulsar, Kafka) report the messages a failure ended in the
+error's ``unconfirmed``.  After a lost connection they are kept here and
+sent again, oldest first, on the new backend producer before anything else,
+and flushed there before it is used (at least once: the broker may have
+kept some of them, so duplicates are possible, losses are not).  After a
+refusal that retrying cannot fix (an authorisation error, say) the error is
+raised to the caller with the count in its text and the messages in its
+``unconfirmed``.  Messages still unsent when ``close`` gives up are reported
+by a ``DeliveryError`` carrying their number.
+
+Messages are encoded here and the backend producer carries bytes, so that a
+message kept for resending needs no schema.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from collections import deque
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
-from .backend import BackendProducer, PubSubBackend
-from .errors import BrokerConnectionError, ClosedError
+from .backend import BackendProducer, PubSubBackend, encode_payload
+from .errors import BrokerConnectionError, ClosedError, DeliveryError, Outgoing, PubSubError
 from .metrics import Metrics, default_metrics
 from .retry import Backoff, retry
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Producer"]
 
@@ -54,6 +68,8 @@ class Producer:
         self._backoff = backoff or Backoff(base=0.05, cap=2.0)
         self._opts = opts
         self._bp: BackendProducer | None = None
+        #: messages a failed backend producer left unconfirmed, to send again first
+        self._resend: deque[Outgoing] = deque()
         self._lock = asyncio.Lock()
         self._closed = False
         self._metrics = (metrics or default_metrics()).bind_producer(
@@ -65,6 +81,11 @@ class Producer:
         b = self._backoff
         return Backoff(base=b.base, cap=b.cap, jitter=b.jitter)
 
+    @property
+    def unsent(self) -> int:
+        """Messages accepted by ``send`` that wait to be sent again after a failure."""
+        return len(self._resend)
+
     async def _current(self) -> BackendProducer:
         bp = self._bp
         if bp is not None:
@@ -73,15 +94,67 @@ class Producer:
             if self._closed:
                 raise ClosedError(f"producer for {self.topic} is closed")
             if self._bp is None:
-                self._bp = await self.backend.create_producer(self.topic, self.schema, **self._opts)
+                fresh = await self.backend.create_producer(self.topic, None, **self._opts)
+                if self._resend:
+                    # Published before anyone else may use it, so the old
+                    # messages keep their place ahead of new ones.
+                    await self._replay(fresh)
+                self._bp = fresh
             return self._bp
 
-    async def _discard(self, bp: BackendProducer) -> None:
-        """Forget a broken backend producer (once, whoever notices first)."""
-        if self._bp is bp:
-            self._bp = None
+    async def _replay(self, bp: BackendProducer) -> None:
+        """Send what the last producer left unconfirmed, and wait for the broker's word."""
+        n = len(self._resend)
+        log.warning(
+            "producer for %s: sending again %d message(s) the broker had not confirmed",
+            self.topic, n,
+        )
+        try:
+            while self._resend:
+                data, props, key = self._resend[0]
+                await bp.send(data, props, key=key)
+                self._resend.popleft()
+            await bp.flush()
+        except PubSubError as exc:
+            self._salvage(exc)
             with contextlib.suppress(Exception):
                 await bp.close()
+            raise
+
+    def _salvage(self, exc: BaseException) -> None:
+        """Keep the messages a failure ended, ahead of those still waiting."""
+        if isinstance(exc, PubSubError) and exc.unconfirmed:
+            # Taken once: several senders may see the same error object.
+            items, exc.unconfirmed = exc.unconfirmed, ()
+            self._resend.extendleft(reversed(items))
+
+    async def _discard(self, bp: BackendProducer, exc: BaseException | None) -> None:
+        """Forget a broken backend producer (once, whoever notices first),
+        keeping what it left unconfirmed when the connection was the cause."""
+        if exc is not None:
+            self._salvage(exc)
+        if self._bp is bp:
+            self._bp = None
+            try:
+                await bp.close()
+            except PubSubError as cexc:
+                if exc is not None:
+                    self._salvage(cexc)
+            except Exception:
+                log.debug("closing a failed producer for %s", self.topic, exc_info=True)
+
+    async def _on(self, bp: BackendProducer, data: bytes, properties: Mapping[str, str] | None,
+                  key: str | None) -> None:
+        """One send on ``bp``; a failure that ended other messages retires ``bp``."""
+        try:
+            await bp.send(data, properties, key=key)
+        except BrokerConnectionError as exc:
+            await self._discard(bp, exc)
+            raise
+        except PubSubError as exc:
+            if exc.unconfirmed:  # a refusal ended the producer's window: it is done
+                await self._discard(bp, None)
+            raise
 
     async def start(self) -> None:
         """Create the backend producer, retrying connection errors until ``send_deadline``."""
@@ -104,22 +177,18 @@ class Producer:
     ) -> None:
         if self._closed:
             raise ClosedError(f"producer for {self.topic} is closed; create a new one")
+        data = encode_payload(self.schema, message, self.topic)
         bp = self._bp
         if bp is not None:
             try:
-                await bp.send(message, properties, key=key)
+                await self._on(bp, data, properties, key)
                 self._metrics.sent()
                 return
             except BrokerConnectionError:
-                await self._discard(bp)
+                pass
 
         async def attempt() -> None:
-            current = await self._current()
-            try:
-                await current.send(message, properties, key=key)
-            except BrokerConnectionError:
-                await self._discard(current)
-                raise
+            await self._on(await self._current(), data, properties, key)
 
         await retry(
             attempt,
@@ -131,24 +200,71 @@ class Producer:
         self._metrics.sent()
 
     async def flush(self) -> None:
-        """Wait until everything sent so far is handed to the broker."""
-        bp = self._bp
-        if bp is not None:
-            await bp.flush()
+        """Wait until the broker confirmed everything sent so far.
+
+        Messages a lost connection left unconfirmed are sent again first;
+        connection errors are retried until ``send_deadline``.
+        """
+
+        async def attempt() -> None:
+            bp = self._bp
+            if bp is None:
+                if self._resend:
+                    await self._current()  # sends them again and flushes
+                return
+            try:
+                await bp.flush()
+            except BrokerConnectionError as exc:
+                await self._discard(bp, exc)
+                raise
+            except PubSubError as exc:
+                if exc.unconfirmed:
+                    await self._discard(bp, None)
+                raise
+
+        await retry(
+            attempt,
+            retry_on=(BrokerConnectionError,),
+            deadline=self.send_deadline,
+            backoff=self._fresh_backoff(),
+            what=f"flush the producer for {self.topic}",
+        )
 
     async def close(self) -> None:
         """Flush and release the backend producer.  Idempotent.
 
-        A flush that fails because the connection is gone is raised: the
-        caller must know that messages may not have reached the broker.
+        A flush that fails is raised: the caller must know that messages may
+        not have reached the broker.  Messages still waiting to be sent again
+        then are counted in a ``DeliveryError``.
         """
         if self._closed:
             return
+        try:
+            await self.flush()
+        except BrokerConnectionError as exc:
+            failure: BaseException | None = exc
+        except PubSubError as exc:
+            failure = exc
+        else:
+            failure = None
         self._closed = True
         async with self._lock:
             bp, self._bp = self._bp, None
         if bp is not None:
-            await bp.close()
+            try:
+                await bp.close()
+            except PubSubError as exc:
+                self._salvage(exc)
+                failure = failure or exc
+        if self._resend:
+            n = len(self._resend)
+            raise DeliveryError(
+                f"producer for {self.topic} closed with {n} message(s) the broker never "
+                f"confirmed ({failure}); they may not have reached it",
+                n,
+            ) from failure
+        if failure is not None:
+            raise failure
 
     async def __aenter__(self) -> Producer:
         await self.start()
@@ -163,4 +279,4 @@ class Producer:
         await self.close()
 
     def __repr__(self) -> str:
-        return f"<Producer topic={self.topic!r} closed={self._closed}>"
+        return f"<Producer topic={self.topic!r} closed={self._closed} unsent={len(self._resend)}>"

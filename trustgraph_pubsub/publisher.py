@@ -11,6 +11,17 @@ If the broker stays unreachable past the producer's ``send_deadline``, the
 background task logs an error and keeps retrying the same message: order is
 kept and nothing is dropped; ``close`` then waits until the broker is back
 (bound it with ``asyncio.timeout`` if that is not wanted).
+
+A message the broker refuses for good after ``publish`` returned (an
+authorisation or ACL refusal, a closed producer, a broker's deferred
+rejection) cannot be retried and cannot be raised to a caller who has
+moved on.  It is logged at ERROR, counted, and *surfaced*: the next
+``flush()`` or ``close()`` raises ``DeliveryError`` carrying how many
+messages were refused since the last such report (``refused`` tells it at
+any time).  Surfacing was chosen over a dead-letter topic because the
+refusal that hit the message (say, no right to publish) would likely hit
+its dead-letter copy too, and because the caller who published is the one
+who can act on it.
 """
 
 from __future__ import annotations
@@ -26,7 +37,9 @@ from .errors import (
     BrokerConnectionError,
     ClosedError,
     ConfigurationError,
+    DeliveryError,
     MessageTooLargeError,
+    PubSubError,
     PubSubTimeoutError,
 )
 from .metrics import Metrics
@@ -67,6 +80,9 @@ class Publisher:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._start_lock = asyncio.Lock()
+        #: messages refused since the last report, and the first refusal's error
+        self._refused = 0
+        self._refusal: BaseException | None = None
 
     async def start(self) -> None:
         """Open the producer and start the sender.  Idempotent."""
@@ -104,6 +120,31 @@ class Publisher:
         """Messages buffered and not yet handed to the broker client."""
         return self._queue.qsize()
 
+    @property
+    def refused(self) -> int:
+        """Messages refused since the last ``DeliveryError`` reported them."""
+        return self._refused
+
+    def _refuse(self, exc: BaseException, count: int) -> None:
+        self._refused += count
+        if self._refusal is None:
+            self._refusal = exc
+        log.error(
+            "publisher for %s: %d message(s) refused by the broker and not sent: %s: %s",
+            self.topic, count, type(exc).__name__, exc,
+        )
+
+    def _report(self) -> None:
+        """Raise the refusals counted since the last report, once."""
+        if self._refused:
+            n, first = self._refused, self._refusal
+            self._refused, self._refusal = 0, None
+            raise DeliveryError(
+                f"publisher for {self.topic}: {n} message(s) were refused by the broker after "
+                f"publish() returned; the first: {type(first).__name__}: {first}",
+                n,
+            ) from first
+
     async def _run(self) -> None:
         backoff = Backoff(base=0.5, cap=10.0)
         while True:
@@ -122,15 +163,40 @@ class Publisher:
                         "still retrying", self.topic, exc, self._queue.qsize() + 1,
                     )
                     await backoff.sleep()
-                except Exception:
+                except Exception as exc:
                     # Not a connection error, so a retry cannot help: the broker
-                    # refused this one message.  Say so loudly and go on.
-                    log.exception("publisher for %s: a message was refused and is lost", self.topic)
+                    # refused this message (and any it ended with it).  Counted
+                    # for flush()/close() to raise; the stream goes on.
+                    extra = len(exc.unconfirmed) if isinstance(exc, PubSubError) else 0
+                    self._refuse(exc, 1 + extra)
                     break
             self._queue.task_done()
 
+    async def flush(self) -> None:
+        """Wait until everything published so far is sent and confirmed.
+
+        Raises ``DeliveryError`` when messages were refused since the last
+        report (see the module docstring).
+        """
+        if self._task is not None:
+            await self._queue.join()
+            await self._flush_producer()
+        self._report()
+
+    async def _flush_producer(self) -> None:
+        try:
+            await self._producer.flush()
+        except PubSubError as exc:
+            if isinstance(exc, BrokerConnectionError) or not exc.unconfirmed:
+                raise
+            self._refuse(exc, len(exc.unconfirmed))
+
     async def close(self) -> None:
-        """Send everything buffered, flush and close.  Idempotent."""
+        """Send everything buffered, flush and close.  Idempotent.
+
+        Raises ``DeliveryError`` when messages were refused since the last
+        report, or could not be confirmed before closing.
+        """
         if self._closing:
             return
         self._closing = True
@@ -138,7 +204,15 @@ class Publisher:
             await self._queue.join()
             self._task.cancel()
             await asyncio.wait([self._task])
-        await self._producer.close()
+        try:
+            await self._producer.close()
+        except DeliveryError as exc:
+            self._refuse(exc, exc.count)
+        except PubSubError as exc:
+            if isinstance(exc, BrokerConnectionError) or not exc.unconfirmed:
+                raise
+            self._refuse(exc, len(exc.unconfirmed))
+        self._report()
 
     async def __aenter__(self) -> Publisher:
         await self.start()

@@ -7,8 +7,15 @@ copies ``id`` onto its replies.
 
 Every ``RequestResponse`` has its own subscription on the response topic
 (``rr-<uuid>`` unless one is given), so each caller sees every reply, keeps
-its own and drops the rest; the subscription is deleted on ``stop``.  A
-reply that arrives after its request timed out is dropped and counted.
+its own and drops the rest; the subscription is deleted on ``stop``.  The
+generated one is *ephemeral* (``create_consumer(..., ephemeral=True)``): the
+broker deletes it when its consumer closes or its connection dies, so a
+caller that crashes (even SIGKILL) leaves no queue, session or subscription
+behind, and its metrics label set is released on ``stop``.  If the
+connection drops, the subscription is recreated empty and replies sent in
+between are lost (those requests time out).  A subscription the caller names
+stays durable, as before.  A reply that arrives after its request timed out
+is dropped and counted.
 
 Streams: a handler may return an async iterator of responses.  Each is sent
 as it is produced, except that the Responder holds one back so that it can
@@ -79,7 +86,12 @@ class RequestResponse:
             backend, request_topic, request_schema, latency_bound=True, metrics=metrics
         )
         self._subscriber = Subscriber(
-            backend, response_topic, self.subscription, response_schema, metrics=metrics
+            backend,
+            response_topic,
+            self.subscription,
+            response_schema,
+            metrics=metrics,
+            ephemeral=self._own_subscription,
         )
         self._started = False
         self._stopped = False

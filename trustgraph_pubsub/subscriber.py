@@ -9,6 +9,11 @@ is acknowledged, dropped and counted in the ``dropped`` metric.
 It runs on a ``Consumer``, so it reconnects after a lost connection and
 dead-letters replies that do not decode.  Handing a message to its queue
 counts as handling it: it is acknowledged then.
+
+``ephemeral=True`` makes the subscription ephemeral (see ``Consumer``): the
+broker deletes it when this subscriber stops or its process dies.  After a
+lost connection it is recreated empty, so messages sent in between may be
+missed (a waiter then times out).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ class Subscriber:
         correlation_property: str = "id",
         metrics: Metrics | None = None,
         initial_position: str = "latest",
+        ephemeral: bool = False,
     ) -> None:
         self.topic = topic
         self.subscription = subscription
@@ -59,6 +65,7 @@ class Subscriber:
             concurrency=_CONCURRENCY,
             initial_position=initial_position,
             metrics=metrics,
+            ephemeral=ephemeral,
         )
         self._m = metrics.bind(topic, subscription, getattr(backend, "name", type(backend).__name__))
         self.dropped = 0

@@ -74,9 +74,13 @@ def _tansu_binary() -> str:
 class _Tansu:
     """One tansu process on a fixed port, restartable on the same port."""
 
-    def __init__(self, binary: str, workdir: Path, name: str, *extra: str) -> None:
+    def __init__(
+        self, binary: str, workdir: Path, name: str, *extra: str, advertised: str | None = None
+    ) -> None:
         self.binary = binary
         self.port = free_port()
+        #: host:port clients are told to connect to (a proxy in front, say); default its own
+        self.advertised = advertised
         self.log_path = workdir / f"{name}.log"
         self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
@@ -87,9 +91,10 @@ class _Tansu:
 
     def spawn(self) -> None:
         url = f"tcp://{self.address}"
+        shown = f"tcp://{self.advertised or self.address}"
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [self.binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
+                [self.binary, "broker", "--listener-url", url, "--advertised-listener-url", shown,
                  *self.extra],
                 stdout=log,
                 stderr=subprocess.STDOUT,

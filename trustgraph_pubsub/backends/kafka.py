@@ -47,9 +47,39 @@ subscription)`` deletes the consumer group (refused while members are
 connected); ``delete_queue(topic)`` deletes the topic and every group named
 for a subscription on it.  Deleting what does not exist is not an error.
 
+Ephemeral subscriptions (``create_consumer(..., ephemeral=True)``): the
+group (same name, ``naming.kafka_group``) never commits.  Acks are tracked
+as usual (a nack still replays only what was nacked) but no offset is ever
+sent, not even the starting position, which stays in the client: once the
+member leaves, or its process dies and its session times out, the group is
+empty with no offsets and nothing of the subscription remains (Kafka
+removes an empty group without offsets; ``queue_exists`` says False as soon
+as no member is left to ask, and in fact at any time, since it looks for
+committed offsets).  A partition assigned later (a rebalance) starts at
+``initial_position`` again, so messages in between may be missed or, with
+"earliest", replayed.
+
 Consumer types: only ``shared``.  A group splits partitions between members,
 so there is no way to make Kafka refuse a second consumer (``exclusive``) or
 keep a hot standby for a whole topic (``failover``).
+
+Private internals of aiokafka this module relies on (checked without a
+broker by ``tests/unit/test_client_internals.py``; ``pyproject.toml`` keeps
+aiokafka to the minor versions that passed):
+
+* ``AIOKafkaAdminClient._send_request``: sends the two requests below, which
+  the admin client has no call for, to any broker or a group's coordinator.
+* ``aiokafka.protocol.metadata.MetadataRequest`` (the version-building class
+  of aiokafka 0.13 and later): looks a topic up with
+  ``allow_auto_topic_creation=False``, since a plain look-up creates it on
+  brokers that auto-create; the response is read through ``to_object()``.
+* ``aiokafka.protocol.admin.DeleteGroupsRequest`` (0.13 and later): deletes a
+  subscription's consumer group; ``results`` read as ``(group_id, error_code)``.
+* The protocol responses that ``create_topics`` and ``delete_topics`` return:
+  ``topic_errors`` read as ``(topic, error_code[, error_message])`` and
+  ``topic_error_codes`` as ``(topic, error_code)``, to check each topic's code.
+* ``aiokafka.conn.create_conn``: one connection with SASL, to tell refused
+  credentials from an unreachable broker (the bootstrap error hides which).
 """
 
 from __future__ import annotations
@@ -90,6 +120,7 @@ from ..errors import (
     ConfigurationError,
     ConnectionLostError,
     MessageTooLargeError,
+    Outgoing,
     PubSubError,
     PubSubTimeoutError,
     QueueNotFoundError,
@@ -248,7 +279,9 @@ class KafkaProducer:
     q0 and q1 sends return once the record is in aiokafka's batch
     accumulator: many are in flight together, and ``flush`` waits for their
     delivery reports.  A failed delivery is raised by the next ``send`` or
-    ``flush``.  q2 sends wait for the broker's confirmation.
+    ``flush``, carrying in ``unconfirmed`` every message whose delivery
+    failed (so that ``Producer`` sends them again, or says how many were
+    lost).  q2 sends wait for the broker's confirmation.
     """
 
     def __init__(
@@ -267,7 +300,10 @@ class KafkaProducer:
         self._client = client
         self._confirm = confirm
         self._max = backend.capabilities.max_message_size
-        self._pending: list[asyncio.Future[Any]] = []
+        #: delivery futures of pipelined sends, with what was sent
+        self._pending: list[tuple[asyncio.Future[Any], Outgoing]] = []
+        #: messages whose delivery failed, not yet handed to a caller in an error
+        self._failed: list[Outgoing] = []
         self._error: PubSubError | None = None
         self._closed = False
 
@@ -281,8 +317,7 @@ class KafkaProducer:
         if self._closed:
             raise ClosedError(f"producer for {self.topic} is closed")
         if self._error is not None:
-            error, self._error = self._error, None
-            raise error
+            raise self._take_error()
         payload = encode_payload(self._schema, message, self.topic)
         props = check_properties(properties, self.topic)
         if len(payload) > self._max:
@@ -305,39 +340,48 @@ class KafkaProducer:
                 return
         except kerr.KafkaError as exc:
             raise _lost(exc, f"send to {self.topic}") from exc
-        self._pending.append(fut)
+        self._pending.append((fut, (payload, props or None, key)))
         if len(self._pending) >= _SWEEP_AT:
             self._sweep()
 
+    def _record(self, exc: BaseException, item: Outgoing) -> None:
+        self._failed.append(item)
+        if self._error is None:
+            self._error = _lost(exc, f"send to {self.topic}")
+            self._error.__cause__ = exc
+
+    def _take_error(self) -> PubSubError:
+        """The pending error, carrying every failed message so far; both are reset."""
+        error, self._error = self._error, None
+        assert error is not None
+        error.unconfirmed, self._failed = tuple(self._failed), []
+        log.warning(
+            "%d message(s) to %s were not delivered: %s", len(error.unconfirmed), self.topic, error
+        )
+        return error
+
     def _sweep(self) -> None:
-        """Drop finished delivery futures, keeping the first failure."""
-        still: list[asyncio.Future[Any]] = []
-        failed = 0
-        for fut in self._pending:
+        """Drop finished delivery futures, keeping the failures."""
+        still: list[tuple[asyncio.Future[Any], Outgoing]] = []
+        for entry in self._pending:
+            fut = entry[0]
             if not fut.done():
-                still.append(fut)
+                still.append(entry)
                 continue
             exc = fut.exception()
             if exc is not None:
-                failed += 1
-                if self._error is None:
-                    self._error = _lost(exc, f"send to {self.topic}")
-                    self._error.__cause__ = exc
+                self._record(exc, entry[1])
         self._pending = still
-        if failed:
-            log.warning("%d messages to %s were not delivered", failed, self.topic)
 
     async def flush(self) -> None:
         pending, self._pending = self._pending, []
         if pending:
-            results = await asyncio.gather(*pending, return_exceptions=True)
-            for res in results:
-                if isinstance(res, BaseException) and self._error is None:
-                    self._error = _lost(res, f"send to {self.topic}")
-                    self._error.__cause__ = res
+            results = await asyncio.gather(*(f for f, _ in pending), return_exceptions=True)
+            for res, (_, item) in zip(results, pending, strict=True):
+                if isinstance(res, BaseException):
+                    self._record(res, item)
         if self._error is not None:
-            error, self._error = self._error, None
-            raise error
+            raise self._take_error()
 
     async def close(self) -> None:
         if self._closed:
@@ -362,8 +406,11 @@ class KafkaConsumer:
         group: str,
         schema: type[Any] | None,
         initial_position: InitialPosition,
+        ephemeral: bool = False,
     ) -> None:
         self.topic = topic
+        #: never commit (see "Ephemeral subscriptions" in the module docstring)
+        self._ephemeral = ephemeral
         self.subscription = subscription
         self._backend = backend
         self._native = native
@@ -431,7 +478,7 @@ class KafkaConsumer:
                 ends = await _settle_at_end(self._client, tps)
                 moved = {tp: end for tp, end in ends.items()
                          if tp in self._parts and end > self._parts[tp].committed}
-                if moved:
+                if moved and not self._ephemeral:
                     await self._client.commit(moved)
                     for tp, end in moved.items():
                         self._parts[tp].committed = end
@@ -504,13 +551,18 @@ class KafkaConsumer:
                 tps = sorted(assigned)
                 committed = await asyncio.gather(*(client.committed(tp) for tp in tps))
                 missing = [tp for tp, off in zip(tps, committed, strict=True) if off is None]
-                if missing and self._ready.is_set():
+                if missing and self._ready.is_set() and not self._ephemeral:
                     # Partitions this subscription has never seen: everything
-                    # in them was written after it existed.
+                    # in them was written after it existed.  (An ephemeral one
+                    # never commits, so every partition looks unseen: it starts
+                    # at its initial position instead.)
                     await client.seek_to_beginning(*missing)
                 if missing:
+                    # ``position`` resolves the start now, so a message sent after
+                    # create_consumer returns is not skipped by a later reset.
                     offsets = {tp: await client.position(tp) for tp in missing}
-                    await client.commit(offsets)
+                    if not self._ephemeral:
+                        await client.commit(offsets)
                     for tp, off in offsets.items():
                         self._parts[tp].committed = off
                     if not self._ready.is_set() and self._initial_position == "latest":
@@ -527,6 +579,9 @@ class KafkaConsumer:
 
     async def _commit(self, parts: list[_Partition] | None = None) -> None:
         """Commit the acked prefix of each partition that moved forward."""
+        if self._ephemeral:
+            self._acks = 0
+            return  # nothing of an ephemeral subscription is kept by the broker
         todo = list(self._parts.values()) if parts is None else parts
         offsets: dict[Any, int] = {}
         for p in todo:
@@ -544,7 +599,11 @@ class KafkaConsumer:
         except (kerr.KafkaError, TimeoutError) as exc:
             # The next round (or the new owner of a revoked partition) picks
             # it up; an unacked suffix is redelivered, nothing acked is lost.
-            log.debug("commit for %s failed: %s: %s", self._group, type(exc).__name__, exc)
+            log.warning(
+                "commit for %s failed (%s: %s); the acknowledged prefix is committed on a "
+                "later round, or redelivered (never lost) if this consumer goes first",
+                self._group, type(exc).__name__, exc,
+            )
             return
         for p in todo:
             if p.tp in offsets:
@@ -699,6 +758,7 @@ class KafkaBackend:
         max_message_size: int = 8 * 1024 * 1024,
         connect_timeout: float = 10.0,
         join_timeout: float = 60.0,
+        request_timeout_ms: int = 40_000,
     ) -> None:
         if not isinstance(bootstrap_servers, str) or not bootstrap_servers.strip():
             raise ConfigurationError(
@@ -736,6 +796,7 @@ class KafkaBackend:
             ("--kafka-partitions", partitions, 1),
             ("--kafka-replication-factor", replication_factor, 1),
             ("--kafka-max-message-size", max_message_size, 1),
+            ("--kafka-request-timeout-ms", request_timeout_ms, 1),
         ):
             if not isinstance(value, int) or value < low:
                 raise ConfigurationError(f"{flag} must be an integer >= {low}, got {value!r}")
@@ -760,6 +821,7 @@ class KafkaBackend:
         self.max_message_size = max_message_size
         self.connect_timeout = float(connect_timeout)
         self.join_timeout = float(join_timeout)
+        self.request_timeout_ms = request_timeout_ms
         self.capabilities = Capabilities(
             persistent=True,
             replay_from_earliest=True,
@@ -908,6 +970,7 @@ class KafkaBackend:
                     enable_idempotence=qos == "q2",
                     max_request_size=self.max_message_size + _OVERHEAD,
                     linger_ms=0,
+                    request_timeout_ms=self.request_timeout_ms,
                 )
                 try:
                     await self._start_client(client, f"{qos} producer")
@@ -1121,7 +1184,8 @@ class KafkaBackend:
     ) -> KafkaConsumer:
         """Join the subscription's group; ``prefetch`` is not needed (a
         partition has one reader at a time, so fetching ahead takes nothing
-        from other members) and is ignored."""
+        from other members) and is ignored.  ``ephemeral=True``: the group
+        never commits (see the module docstring)."""
         self._check_open()
         native = self._native(topic)
         group = naming.kafka_group(topic, subscription)
@@ -1143,7 +1207,10 @@ class KafkaBackend:
             )
         await self._connect()
         await self._ensure_topic(native)
-        consumer = KafkaConsumer(self, topic, native, subscription, group, schema, initial_position)
+        consumer = KafkaConsumer(
+            self, topic, native, subscription, group, schema, initial_position,
+            bool(opts.get("ephemeral")),
+        )
         await consumer._start()
         self._consumers.add(consumer)
         return consumer
@@ -1238,12 +1305,14 @@ class KafkaBackend:
         if self._closed:
             return
         self._closed = True
-        for consumer in list(self._consumers):
-            with contextlib.suppress(Exception):
-                await consumer.close()
-        for producer in list(self._producers):
-            with contextlib.suppress(Exception):
-                await producer.close()
+        # Failures are logged, as every backend's close does: a producer's flush
+        # failure says how many messages may not have reached the broker.
+        children: list[KafkaConsumer | KafkaProducer] = [*self._consumers, *self._producers]
+        for child in children:
+            try:
+                await child.close()
+            except Exception as exc:
+                log.warning("closing %r: %s", child, exc)
         for client in list(self._clients.values()):
             await self._quiet_stop(client)
         self._clients.clear()

@@ -24,6 +24,10 @@ Semantics (the same as the broker backends, see ``trustgraph_pubsub.backend``):
   and keeps the subscription; ``unsubscribe`` deletes it;
 * acknowledging a message twice, or one that is no longer outstanding, is a
   no-op (as on Pulsar); it never acks anything else;
+* ``ephemeral=True`` (``create_consumer``): the subscription is made for
+  that consumer and removed, with its queued messages, when its last
+  consumer closes or is dropped (by ``restart()`` too: the connection died);
+  an ephemeral consumer cannot join an existing durable subscription;
 * queue lifecycle calls are explicit and idempotent; ``delete_queue(topic,
   None)`` removes the topic, its log and every subscription, closing their
   consumers;
@@ -107,6 +111,8 @@ class _Subscription:
     name: str
     topic: _Topic
     consumer_type: str = "shared"
+    #: removed when its last consumer leaves (``create_consumer(ephemeral=True)``)
+    ephemeral: bool = False
     ready: deque[_Delivery] = field(default_factory=deque)
     consumers: list[MemoryConsumer] = field(default_factory=list)
     waiters: deque[tuple[MemoryConsumer, asyncio.Future[_Delivery]]] = field(
@@ -209,12 +215,18 @@ class MemoryHub:
         t: Topic,
         initial_position: str,
         consumer_type: str,
+        ephemeral: bool = False,
     ) -> _Subscription:
         topic = self._topic(t)
         assert topic is not None
         sub = topic.subscriptions.get(consumer.subscription)
+        if sub is not None and ephemeral and not sub.ephemeral:
+            raise PubSubError(
+                f"subscription {sub.name!r} on topic {consumer.topic!r} is durable; an "
+                "ephemeral consumer needs a subscription of its own (use another name)"
+            )
         if sub is None:
-            sub = _Subscription(consumer.subscription, topic, consumer_type)
+            sub = _Subscription(consumer.subscription, topic, consumer_type, ephemeral)
             if initial_position == "earliest":
                 sub.ready.extend(_Delivery(e) for e in topic.log)
             topic.subscriptions[sub.name] = sub
@@ -416,6 +428,12 @@ class MemoryConsumer:
         for _, fut in waiting:
             if _live(fut):
                 fut.set_exception(self._error or ClosedError(f"consumer on {self.topic} closed"))
+        if sub.ephemeral and not sub.consumers:
+            # Its last consumer is gone: so is the subscription, with what it held.
+            if sub.topic.subscriptions.get(sub.name) is sub:
+                del sub.topic.subscriptions[sub.name]
+            sub.ready.clear()
+            return sub
         # A failover subscription's next consumer may now be eligible.
         sub.requeue(pending, front=True)
         return sub
@@ -582,7 +600,9 @@ class MemoryBackend:
         consumer_type: ConsumerType = "shared",
         **opts: Any,
     ) -> MemoryConsumer:
-        """Subscribe.  ``prefetch`` is accepted and ignored: receivers pull."""
+        """Subscribe.  ``prefetch`` is accepted and ignored: receivers pull.
+        ``ephemeral=True``: the subscription is removed when its last consumer
+        closes (see the module docstring)."""
         self._check()
         parsed = naming.parse(topic)
         naming.check_subscription(subscription, topic)
@@ -596,7 +616,9 @@ class MemoryBackend:
                 f"{', '.join(_CONSUMER_TYPES)}"
             )
         consumer = MemoryConsumer(self, topic, parsed, subscription, schema)
-        consumer._sub = self.hub._subscribe(consumer, parsed, initial_position, consumer_type)
+        consumer._sub = self.hub._subscribe(
+            consumer, parsed, initial_position, consumer_type, bool(opts.get("ephemeral"))
+        )
         self._consumers.add(consumer)
         return consumer
 

@@ -70,6 +70,19 @@ Mosquitto 2.0 never persists an MQTT 5 session that started clean.
 q0 consumers use throwaway sessions (unique client id, expiry 0); nothing
 of theirs survives them.
 
+Ephemeral subscriptions (``create_consumer(..., ephemeral=True)``): the
+consumer still takes a slot (so its client id is the slot's, and
+``queue_exists`` in this process sees it), but its session is opened with
+**clean start** and **SessionExpiryInterval 0** (MQTT 5): the broker
+discards the session, its shared-subscription membership and what it holds
+as soon as the network connection ends, whether the consumer closed or its
+process died.  Closing only disconnects (no hand-back: the messages it
+holds go with the session); ``unsubscribe`` does not look for other
+sessions of the subscription.  ``queue_exists`` asked from another process
+while the consumer is alive connects with its client id and so takes its
+session over (as for durable slots): ask it only about consumers that are
+gone.
+
 Acknowledgement and nack.  An ack is the MQTT PUBACK of that one message.
 MQTT has no nack (``Capabilities.native_nack`` is False): a nacked q1/q2
 message is published again to the subscription's redelivery topic with
@@ -1444,6 +1457,7 @@ class MQTTConsumer:
         subscription: str,
         schema: type[Any] | None,
         prefetch: int,
+        ephemeral: bool = False,
     ) -> None:
         t = naming.parse(topic)
         self.topic = topic
@@ -1452,6 +1466,7 @@ class MQTTConsumer:
         self._schema = schema
         self._qos = _QOS[t.qos]
         self._prefetch = prefetch
+        self._ephemeral = ephemeral and bool(self._qos)  # q0 sessions are throwaway anyway
         self._filters = [naming.mqtt_shared_filter(t, subscription)]
         self._redelivery_topic = ""
         if self._qos:
@@ -1484,6 +1499,9 @@ class MQTTConsumer:
             self._slot = _SLOTS.acquire(self._key)
             client_id = naming.mqtt_client_id(self.topic, self.subscription, self._slot)
             expiry, clean = b.session_expiry, False
+            if self._ephemeral:
+                # Discarded by the broker the moment the connection ends.
+                expiry, clean = 0, True
         else:
             client_id = naming.mqtt_client_id(self.topic, self.subscription, uuid.uuid4().hex[:16])
             expiry, clean = 0, True
@@ -1736,7 +1754,7 @@ class MQTTConsumer:
         if self._state != _OPEN:
             raise self._not_open()
         await self._finish(unsubscribe=True)
-        if self._qos:
+        if self._qos and not self._ephemeral:
             await self._backend._end_sessions(self.topic, self.subscription)
 
     async def _finish(self, *, unsubscribe: bool) -> None:
@@ -1762,6 +1780,8 @@ class MQTTConsumer:
                 with contextlib.suppress(PubSubError):
                     await link.unsubscribe(self._filters)
                 await link.close(end_session=True)
+            elif self._ephemeral:
+                await link.close()  # session expiry 0: the broker drops it now
             elif self._qos and self._slot:
                 await self._hand_over(link)
             else:
@@ -2004,7 +2024,9 @@ class MQTTBackend:
         """Join ``subscription`` on ``topic``; subscribed when this returns.
 
         ``prefetch`` becomes the MQTT 5 Receive Maximum: how many unacked
-        messages the broker sends ahead (default 100).
+        messages the broker sends ahead (default 100).  ``ephemeral=True``: a
+        clean-start session with expiry 0, gone with the connection (see the
+        module docstring).
         """
         naming.mqtt_shared_filter(topic, subscription)
         if initial_position not in ("earliest", "latest"):
@@ -2026,7 +2048,9 @@ class MQTTBackend:
                 f"Maximum), got {prefetch!r}"
             )
         self._check_open()
-        consumer = MQTTConsumer(self, topic, subscription, schema, prefetch)
+        consumer = MQTTConsumer(
+            self, topic, subscription, schema, prefetch, bool(opts.get("ephemeral"))
+        )
         self._consumers.add(consumer)
         await consumer._open()
         return consumer

@@ -15,13 +15,27 @@ Choices where the contract leaves room, with why:
 * **Sends are pipelined.**  Awaiting each send's broker receipt costs a round
   trip (and a batching delay) per message; a Python callback per message
   costs most of the client's rate.  So at q0/q1 ``send`` hands the message to
-  the client without a callback and returns; every ``window`` messages (or
-  ``window_bytes``) it awaits the client's flush, which bounds what is in
-  flight and reports failures.  The client keeps unconfirmed messages across
-  a reconnect and resends them for ``send_timeout_ms``; when it gives up,
-  ``flush`` (and every later call) raises ``ConnectionLostError`` saying how
-  many messages may be lost, so that ``Producer`` recreates the producer.
-  q2 sends await the broker's receipt, one by one.
+  the client without a callback and returns.  A message the client fails
+  reaches only its callback, so loss is prevented or found another way:
+
+  - a send first takes a slot in the window (``window`` messages,
+    ``window_bytes``), awaiting the client's flush when it is full, so the
+    client's queue never overflows (it would refuse the excess);
+  - a message larger than any the broker has confirmed is a *probe*, sent
+    with a callback: the client refuses one above the broker's own limit
+    (``MessageTooBig``, when ``--pulsar-max-message-size`` exceeds it), which
+    that send raises as ``MessageTooLargeError``;
+  - while messages are unconfirmed, one background flush is attached to the
+    newest (the *watch*, ``WATCH_DELAY`` after the first): the client fails
+    every pending message together when the oldest outlives
+    ``send_timeout_ms``, and a flush issued afterwards would succeed.
+
+  The client keeps unconfirmed messages across a reconnect and resends them
+  for ``send_timeout_ms``.  When a flush or the watch finds that it gave up,
+  ``send``, ``flush`` and ``close`` raise the mapped error (``ConnectionLostError``
+  for a lost broker, so that ``Producer`` recreates the producer) saying how
+  many messages may be lost; a failure the watch finds is also logged at
+  WARNING.  q2 sends await the broker's receipt, one by one.
 * **Batching** is on for throughput producers (the client's default 10 ms
   delay) and off for ``latency_bound=True`` (requests, replies, pushes), q2
   and chunking producers: awaiting a batched send waits out the delay.  As
@@ -43,7 +57,23 @@ Choices where the contract leaves room, with why:
   ``nack_delay_ms`` (default 1 s instead of the client's 60 s).
   ``Message.redelivery_count`` is Pulsar's own count.
 * **close never unsubscribes**: it would delete the durable cursor and the
-  backlog.  ``unsubscribe()`` does.
+  backlog.  ``unsubscribe()`` does.  Except for ephemeral subscriptions:
+* **Ephemeral subscriptions** (``create_consumer(..., ephemeral=True)``) are
+  only partly native.  Pulsar has non-durable subscriptions (the broker
+  drops them when the last consumer disconnects), but pulsar-client 3.13
+  does not expose the subscription mode for consumers (``subscribe()`` and
+  ``ConsumerConfiguration`` have no such option); only readers use one, a
+  reader has no acks or shared delivery, and pulsar-lite was seen to keep a
+  reader's subscription, with its cursor, after the reader closed.  So on a
+  persistent topic an ephemeral subscription is a durable one whose
+  ``close()`` unsubscribes it, best effort (a failure is logged at DEBUG and
+  the consumer closed): a process that dies without closing (SIGKILL)
+  leaves the subscription and its backlog on the broker.  The closest
+  broker-side remedy is the namespace policy
+  ``subscriptionExpirationTimeMinutes`` (a real Pulsar deletes
+  subscriptions inactive that long; pulsar-lite has no admin API to set
+  it).  On a q0 (``non-persistent://``) topic every subscription already
+  goes with its last consumer.
 * **Consumer types** ``shared``, ``exclusive``, ``failover``.  A second
   consumer on an exclusive subscription, or a consumer of another type,
   opened through the same service URL in this process is refused at once
@@ -69,11 +99,30 @@ Choices where the contract leaves room, with why:
   every line it produces, debug lines for every message included, which
   halves the send rate (measured) and has deadlocked at interpreter exit in
   past client versions.
+
+Private internals of pulsar-client this module relies on (checked without a
+broker by ``tests/unit/test_client_internals.py``; ``pyproject.toml`` keeps
+the client to the minor versions that passed):
+
+* ``_pulsar``, the C extension module: the hot paths call it directly,
+  skipping ``pulsar.asyncio``'s future and wrapper per call.
+* ``_pulsar.Result`` (``_R``): the client's result codes, mapped to the SDK's errors.
+* ``_pulsar.MessageBuilder`` (``content``, ``property``, ``partition_key``,
+  ``build``): each message is built here rather than by ``Producer.send``.
+* ``_pulsar.Message`` (``data``, ``properties``, ``redelivery_count``): what
+  ``receive_async`` delivers, kept as the message's ack handle.
+* ``pulsar.asyncio.Producer._producer``: the C++ producer, for ``send_async``
+  and ``flush_async`` with this module's own callbacks (or none).
+* ``pulsar.asyncio.Consumer._consumer``: the C++ consumer, for
+  ``receive_async``, ``acknowledge_async``, ``negative_acknowledge_async``
+  (pulsar-client 3.10 and later) and ``unsubscribe_async``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import http.client
 import json
 import logging
 import threading
@@ -107,6 +156,7 @@ from ..errors import (
     ConfigurationError,
     ConnectionLostError,
     MessageTooLargeError,
+    Outgoing,
     PubSubError,
     PubSubTimeoutError,
     QueueNotFoundError,
@@ -121,11 +171,20 @@ METADATA_RESERVE = 16 * 1024
 #: messages / bytes a pipelined producer may have in flight before ``send`` awaits a flush.
 WINDOW = 10_000
 WINDOW_BYTES = 32 * 1024 * 1024
+#: seconds from the first unconfirmed pipelined send to the background flush that watches
+#: it (``PulsarProducer._watch``): well under the client's 100 ms reconnect backoff, and
+#: long enough that it rarely cuts a batch short.
+WATCH_DELAY = 0.05
+#: the client's default batch size, lowered to the broker's limit when that is smaller.
+BATCH_BYTES = 128 * 1024
 #: seconds for the client's grouped acks (sent every 100 ms) to reach the broker.
 ACK_FLUSH = 0.2
 #: calls answered without waiting before one yields to the event loop (inlined counters:
 #: a coroutine per call would cost more than the call).
 _YIELD_EVERY = 64
+
+#: seconds a producer stays out of the client after a batched probe was answered
+_RELEASE_PAUSE = 0.005
 
 _CONSUMER_TYPES: dict[str, Any] = {
     "shared": pulsar.ConsumerType.Shared,
@@ -169,13 +228,6 @@ def _qos(topic: str) -> str:
     return naming.parse(topic).qos
 
 
-def _result(exc: BaseException) -> Any:
-    """The ``pulsar.Result`` of a client exception, or None."""
-    if isinstance(exc, pulsar_asyncio.PulsarException):
-        return exc.error()
-    return None
-
-
 class _LoopCallback:
     """Completes a future on its loop from whatever thread the client calls back on."""
 
@@ -205,8 +257,21 @@ def _settle(fut: asyncio.Future[Any], error: Callable[[Any], BaseException], res
         fut.set_exception(error(result))
 
 
+def _resolve(fut: asyncio.Future[Any], result: Any) -> None:
+    """Hand the client's result code itself to a waiting future."""
+    if not fut.done():
+        fut.set_result(result)
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    """Mark a shared future's exception as seen (its waiters may all have gone)."""
+    if not fut.cancelled():
+        fut.exception()
+
+
 class PulsarProducer:
-    """A producer on one topic; see the module docstring for how sends are pipelined."""
+    """A producer on one topic; see the module docstring for how sends are pipelined
+    and how a message the client refuses or gives up on is reported."""
 
     def __init__(
         self,
@@ -220,6 +285,7 @@ class PulsarProducer:
         max_payload: int | None,
         window: int,
         window_bytes: int,
+        batch_bytes: int | None,
     ) -> None:
         self.topic = topic
         self.native = native
@@ -231,23 +297,67 @@ class PulsarProducer:
         self._max_payload = max_payload
         self._window = window
         self._window_bytes = window_bytes
+        self._batch_bytes = batch_bytes  # None: batching off
+        self._loop = asyncio.get_running_loop()
+        self._cb = _LoopCallback(self._loop)
         self._sent = 0
         self._sent_bytes = 0
         self._flushed = 0
         self._flushed_bytes = 0
+        #: pipelined messages not yet confirmed, oldest first (``_sent - _flushed`` of
+        #: them): a failure hands them to ``Producer`` to send again.
+        self._unconfirmed: deque[Outgoing] = deque()
         self._window_flush: asyncio.Future[None] | None = None
-        self._error: BaseException | None = None
+        self._error: PubSubError | None = None
+        self._reported = False  # whether ``_error`` has reached the caller
         self._closed = False
         self._calls = 0
+        # The watch: one background flush while sends are unconfirmed (see ``_watch``).
+        self._watch_timer: asyncio.TimerHandle | None = None
+        self._watching = False
+        self._unwatched_at: float | None = None  # first send no issued flush covers
+        self._send_timeout = backend.send_timeout_ms / 1000
+        # Sizes up to this go without a callback (see ``send``); starts from what
+        # this backend's broker has already confirmed.
+        self._probe_upto = backend._proven_size
+        self._in_send = False
+        self._refused: Any = None  # a result the client called back with inside send_async
+        #: a batched probe the client has not answered: no call into the producer meanwhile
+        self._quiet: asyncio.Future[Any] | None = None
 
     def _check(self) -> None:
         if self._closed:
             raise ClosedError(f"producer for {self.topic} is closed; create a new one")
         if self._error is not None:
+            self._reported = True
             raise self._error
 
     def _failure(self, result: Any) -> BaseException:
         return self._backend._client_error(result, f"send to {self.topic}", after_connect=True)
+
+    def _fail(self, result: Any, *, announce: bool) -> PubSubError:
+        """Mark the producer failed by the client's ``result``; every later call raises it.
+
+        The client fails pipelined messages without telling anyone but the
+        callbacks it holds, so the error counts every message not yet
+        confirmed as possibly lost.  ``announce`` logs it at once: for failures
+        found in the background, which no caller may ask about for a while.
+        """
+        if self._error is None:
+            lost = self._sent - self._flushed
+            base = self._backend._client_error(result, f"send to {self.topic}", after_connect=True)
+            self._error = type(base)(
+                f"{base}; up to {lost} message(s) sent since the last confirmed flush may not "
+                "have reached the broker"
+            )
+            self._error.unconfirmed = tuple(self._unconfirmed)
+            self._unconfirmed.clear()
+            if self._watch_timer is not None:
+                self._watch_timer.cancel()
+                self._watch_timer = None
+            if announce:
+                log.warning("Pulsar producer for %s failed: %s", self.topic, self._error)
+        return self._error
 
     async def send(
         self,
@@ -260,17 +370,17 @@ class PulsarProducer:
             self._check()
         data = encode_payload(self._schema, message, self.topic)
         props = check_properties(properties, self.topic) if properties else None
-        if self._max_payload is not None and len(data) > self._max_payload - 1024:
-            size = len(data) + sum(len(k.encode()) + len(v.encode()) + 8
-                                   for k, v in (props or {}).items())
+        size = len(data)
+        if props or key is not None:
+            size += sum(len(k.encode()) + len(v.encode()) + 8 for k, v in (props or {}).items())
             size += 0 if key is None else len(key.encode()) + 8
-            if size > self._max_payload:
-                raise MessageTooLargeError(
-                    f"message of {size} bytes (payload and properties) for {self.topic} exceeds "
-                    f"the {self._max_payload} bytes Pulsar accepts (broker maxMessageSize less "
-                    "16 KiB of metadata); create the producer with chunking=True, or raise "
-                    "--pulsar-max-message-size together with the broker's maxMessageSize"
-                )
+        if self._max_payload is not None and size > self._max_payload:
+            raise MessageTooLargeError(
+                f"message of {size} bytes (payload and properties) for {self.topic} exceeds "
+                f"the {self._max_payload} bytes Pulsar accepts (broker maxMessageSize less "
+                "16 KiB of metadata); create the producer with chunking=True, or raise "
+                "--pulsar-max-message-size together with the broker's maxMessageSize"
+            )
         builder = _pulsar.MessageBuilder()
         builder.content(data)
         if props:
@@ -280,36 +390,189 @@ class PulsarProducer:
             builder.partition_key(key)
         msg = builder.build()
         if self._confirm:
-            loop = asyncio.get_running_loop()
-            fut: asyncio.Future[None] = loop.create_future()
-            cb = _LoopCallback(loop)
+            fut: asyncio.Future[None] = self._loop.create_future()
+            cb = self._cb
             self._raw.send_async(
                 msg, lambda result, _id: cb.call(_settle, fut, self._failure, result)
             )
             await fut
             return
-        # No callback: the client's rate drops about fivefold with one per message.
-        # Failures surface from the flush below (the client fails every pending
-        # message together), and nothing the client would drop silently gets here:
-        # sizes are checked above, the window stays under max_pending_messages.
-        self._raw.send_async(msg, None)
-        self._sent += 1
-        self._sent_bytes += len(data)
-        if (
+        # Take a slot in the window before the client gets the message: checked
+        # after sending, concurrent senders could overrun the client's queue,
+        # which refuses the excess (ProducerQueueIsFull) to callbacks nobody holds.
+        while self._quiet is not None:
+            await asyncio.shield(self._quiet)
+        if self._closed or self._error is not None:
+            self._check()
+        while (
             self._sent - self._flushed >= self._window
             or self._sent_bytes - self._flushed_bytes >= self._window_bytes
         ):
             await self._flush_window()
+            if self._closed or self._error is not None:
+                self._check()
+        self._sent += 1
+        self._sent_bytes += size
+        self._unconfirmed.append((data, props, key))
+        if size > self._probe_upto:
+            self._probe_upto = max(self._probe_upto, self._backend._proven_size)
+        if size > self._probe_upto:
+            await self._probe(msg, size, len(data))
         else:
-            self._calls += 1
-            if self._calls >= _YIELD_EVERY:
-                self._calls = 0
-                await asyncio.sleep(0)
+            # No callback: the client's rate drops about fivefold with one per
+            # message.  What the client may still fail is caught by the window
+            # flush, the watch, or (for a size the broker might refuse) a probe.
+            self._raw.send_async(msg, None)
+        if self._unwatched_at is None:
+            self._note_unwatched()
+        self._calls += 1
+        if self._calls >= _YIELD_EVERY:
+            self._calls = 0
+            await asyncio.sleep(0)
+
+    # -- finding out about failed sends without a callback per message --------
+
+    async def _probe(self, msg: Any, size: int, length: int) -> None:
+        """Send with a callback a message larger than any this broker has confirmed.
+
+        The client refuses a message larger than the broker's own limit
+        (MessageTooBig: the broker's maxMessageSize is below
+        ``--pulsar-max-message-size``) to its callback alone, and later
+        messages still succeed, so no flush would notice.  Sizes up to a
+        confirmed one need no callback; the first message of each new largest
+        size (one at a time per producer) gets one.
+
+        The client refuses such a message before ``send_async`` returns.  When
+        it travelled alone (batching off, or too big to share a batch) only it
+        is lost: this send raises and the producer carries on.  Otherwise
+        messages batched with it went too, and the producer fails.
+
+        A batched probe is waited for, and nothing on this producer calls into
+        the client until it is answered.  The client's own thread closes a
+        batch holding the producer's mutex and then needs the GIL for the
+        Python callback in it; a call such as ``send_async`` or
+        ``flush_async`` made meanwhile from the loop holds the GIL while it
+        waits for that mutex, and both threads would wait forever (seen as
+        a hung ``flush``).  Probes are rare (a new largest size), so the wait
+        of one batch delay costs little.
+        """
+        previous, self._probe_upto = self._probe_upto, size
+        cb = self._cb
+        answered: asyncio.Future[Any] = self._loop.create_future()
+
+        def probed(result: Any) -> None:
+            self._probed(result, size)
+            _resolve(answered, result)
+
+        self._in_send = True
+        try:
+            self._raw.send_async(msg, lambda result, _id: cb.call(probed, result))
+        finally:
+            self._in_send = False
+        result, self._refused = self._refused, None
+        if result is None:
+            if self._batch_bytes is None or answered.done():
+                return
+            gate = self._quiet = self._loop.create_future()
+            try:
+                await asyncio.wait_for(asyncio.shield(answered), self._flush_bound())
+                # The client's thread still drops its reference to the callback
+                # (which takes the GIL too): let it, before anyone calls in.
+                await asyncio.sleep(_RELEASE_PAUSE)
+            except TimeoutError:
+                log.warning("Pulsar gave no answer to a send to %s within %.0fs",
+                            self.topic, self._flush_bound())
+                raise self._fail(_R.Timeout, announce=False) from None
+            finally:
+                self._quiet = None
+                gate.set_result(None)
+            if self._error is not None:
+                self._reported = True
+                raise self._error
+            return
+        if self._batch_bytes is None or length >= self._batch_bytes:
+            self._sent -= 1
+            self._sent_bytes -= size
+            self._unconfirmed.pop()
+            self._probe_upto = previous
+            raise self._backend._client_error(result, f"send to {self.topic}", after_connect=True)
+        self._reported = True
+        raise self._fail(result, announce=False)
+
+    def _probed(self, result: Any, size: int) -> None:
+        if result == _R.Ok:
+            if size > self._backend._proven_size:
+                self._backend._proven_size = size
+        elif self._in_send:
+            self._refused = result  # inline, inside ``_probe``: it decides
+        elif not self._closed:
+            self._fail(result, announce=True)
+
+    def _note_unwatched(self) -> None:
+        """The first send since the last watch flush was issued: make sure one follows."""
+        self._unwatched_at = self._loop.time()
+        if not self._watching and self._watch_timer is None:
+            self._watch_timer = self._loop.call_later(WATCH_DELAY, self._watch)
+
+    def _watch(self) -> None:
+        """Issue the background flush that watches pipelined sends.
+
+        The client fails every pending message at once when the oldest
+        outlives ``send_timeout_ms`` (or when the broker refuses the producer
+        on a reconnect), reporting it only to callbacks; a flush issued later
+        finds an empty queue and succeeds.  So while messages are unconfirmed
+        one flush is kept attached to the newest: its failure is theirs.  It
+        is issued ``WATCH_DELAY`` after the first unwatched send, which keeps
+        batches whole and costs one callback per interval, not per message.
+        """
+        self._watch_timer = None
+        if self._closed or self._error is not None or self._watching:
+            return
+        if self._quiet is not None:  # see _probe: no client call until it is answered
+            self._watch_timer = self._loop.call_later(WATCH_DELAY, self._watch)
+            return
+        if self._sent == self._flushed:
+            self._unwatched_at = None
+            return
+        mark, mark_bytes = self._sent, self._sent_bytes
+        self._watching = True
+        self._unwatched_at = None
+        cb = self._cb
+        self._raw.flush_async(lambda result: cb.call(self._watched, result, mark, mark_bytes))
+
+    def _watched(self, result: Any, mark: int, mark_bytes: int) -> None:
+        self._watching = False
+        if self._closed:
+            return
+        if result != _R.Ok:
+            self._fail(result, announce=True)
+            return
+        self._confirmed(mark, mark_bytes)
+        if self._unwatched_at is not None and self._error is None:
+            # Sends arrived meanwhile: watch them too, well before the oldest can time out.
+            delay = WATCH_DELAY
+            if self._send_timeout > 0:
+                due = self._unwatched_at + self._send_timeout / 2 - self._loop.time()
+                delay = max(0.0, min(delay, due))
+            self._watch_timer = self._loop.call_later(delay, self._watch)
+
+    def _confirmed(self, mark: int, mark_bytes: int) -> None:
+        if mark > self._flushed:
+            done = self._unconfirmed.popleft
+            for _ in range(min(mark - self._flushed, len(self._unconfirmed))):
+                done()
+            self._flushed = mark
+            self._flushed_bytes = mark_bytes
+
+    # -- flushing -------------------------------------------------------------
 
     async def _flush_window(self) -> None:
         """One flush for every sender that found the window full."""
         if self._window_flush is None:
             self._window_flush = asyncio.ensure_future(self._flush())
+            # Its error is also kept in ``_error``: waiters that were cancelled
+            # must not leave it unretrieved.
+            self._window_flush.add_done_callback(_retrieve)
         fut = self._window_flush
         try:
             await asyncio.shield(fut)
@@ -318,25 +581,34 @@ class PulsarProducer:
                 self._window_flush = None
 
     async def _flush(self) -> None:
+        """Flush the client; on success every message sent before it is confirmed."""
+        while self._quiet is not None:  # see _probe
+            await asyncio.shield(self._quiet)
         mark, mark_bytes = self._sent, self._sent_bytes
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        cb = _LoopCallback(loop)
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        cb = self._cb
+        self._raw.flush_async(lambda result: cb.call(_resolve, fut, result))
+        bound = self._flush_bound()
         try:
-            self._raw.flush_async(lambda result: cb.call(_settle, fut, self._failure, result))
-            await fut
-        except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            lost = self._sent - self._flushed
-            err = ConnectionLostError(
-                f"Pulsar did not confirm messages sent to {self.topic} ({exc}); up to {lost} "
-                "sent since the last confirmed flush may not have reached the broker"
-            )
-            self._error = err
-            raise err from exc
-        self._flushed = max(self._flushed, mark)
-        self._flushed_bytes = max(self._flushed_bytes, mark_bytes)
+            result = await asyncio.wait_for(fut, bound)
+        except TimeoutError:
+            # Every message the flush covers has outlived its send timeout,
+            # yet the client never answered: count them as not confirmed
+            # rather than wait forever (seen once under heavy load).
+            log.warning("Pulsar gave no answer to a flush for %s within %.0fs", self.topic, bound)
+            result = _R.Timeout
+        if result != _R.Ok:
+            self._reported = True
+            raise self._fail(result, announce=False)
+        if self._error is not None:  # a probe failed while the flush was under way
+            self._check()
+        self._confirmed(mark, mark_bytes)
+
+    def _flush_bound(self) -> float | None:
+        """How long a flush may wait for the client: past every covered send's timeout."""
+        if self._send_timeout <= 0:
+            return None  # sends never time out, so neither does a flush
+        return 2 * self._send_timeout + self._backend.operation_timeout + 5
 
     async def flush(self) -> None:
         """Wait until the broker confirmed every message sent so far."""
@@ -346,7 +618,11 @@ class PulsarProducer:
         await self._flush()
 
     async def close(self) -> None:
-        """Flush, then close the producer.  Idempotent; a failed flush is raised after closing."""
+        """Flush, then close the producer.  Idempotent.
+
+        A failed flush, or a failure found in the background that no call has
+        raised yet, is raised after closing: messages may have been lost.
+        """
         if self._closed:
             return
         flush_error: BaseException | None = None
@@ -355,13 +631,19 @@ class PulsarProducer:
                 await self.flush()
             except PubSubError as exc:
                 flush_error = exc
+        elif not self._reported:
+            flush_error = self._error
         self._closed = True
+        if self._watch_timer is not None:
+            self._watch_timer.cancel()
+            self._watch_timer = None
         self._backend._producers.discard(self)
         try:
             await asyncio.wait_for(self._producer.close(), self._backend.operation_timeout + 5)
         except Exception as exc:
             log.debug("closing producer for %s: %r", self.topic, exc)
         if flush_error is not None:
+            self._reported = True
             raise flush_error
 
     def __repr__(self) -> str:
@@ -383,8 +665,11 @@ class PulsarConsumer:
         schema: type[Any] | None,
         consumer: Any,
         held: tuple[str, str, str],
+        ephemeral: bool = False,
     ) -> None:
         self.topic = topic
+        #: close() unsubscribes (see "Ephemeral subscriptions" in the module docstring)
+        self._ephemeral = ephemeral
         self.native = native
         self.subscription = subscription
         self._backend = backend
@@ -393,8 +678,10 @@ class PulsarConsumer:
         self._raw = consumer._consumer
         self._held = held
         self._loop = asyncio.get_running_loop()
-        self._thread = threading.get_ident()
         self._cb = _LoopCallback(self._loop)
+        #: the client's receive callback: ``_deliver`` on the loop, inline when the
+        #: client answers on the loop's own thread.
+        self._on_receive = functools.partial(self._cb.call, self._deliver)
         self._buffer: deque[Any] = deque()
         self._waiters: deque[asyncio.Future[Any]] = deque()
         self._pending = False
@@ -405,16 +692,6 @@ class PulsarConsumer:
         self._last_ack = 0.0
 
     # -- receiving ----------------------------------------------------------
-
-    def _on_receive(self, result: Any, msg: Any) -> None:
-        """Client callback, inline on the loop's thread or on one of the client's."""
-        if threading.get_ident() == self._thread:
-            self._deliver(result, msg)
-        else:
-            try:
-                self._loop.call_soon_threadsafe(self._deliver, result, msg)
-            except RuntimeError:  # the loop is closed: nobody is waiting any more
-                pass
 
     def _deliver(self, result: Any, msg: Any) -> None:
         self._pending = False
@@ -591,9 +868,21 @@ class PulsarConsumer:
         self._end(ClosedError(f"consumer on {self.topic} unsubscribed"))
 
     async def close(self) -> None:
-        """Close; the subscription and its unacked messages stay on the broker.  Idempotent."""
+        """Close; the subscription and its unacked messages stay on the broker.  Idempotent.
+
+        An ephemeral subscription is unsubscribed instead, best effort.
+        """
         if self._closed:
             return
+        if self._ephemeral and self._error is None:
+            try:
+                await self.unsubscribe()
+                return
+            except Exception as exc:
+                log.debug("unsubscribing ephemeral %r from %s on close: %r",
+                          self.subscription, self.topic, exc)
+            if self._closed:
+                return
         self._end(ClosedError(f"consumer on {self.topic} is closed"))
         try:
             await asyncio.wait_for(self._consumer.close(), self._backend.operation_timeout + 5)
@@ -669,6 +958,9 @@ class PulsarBackend:
         self._producers: set[PulsarProducer] = set()
         self._consumers: set[PulsarConsumer] = set()
         self._closed = False
+        #: the largest message (bytes, properties included) the broker has confirmed:
+        #: producers send messages up to it without a callback (``PulsarProducer._probe``).
+        self._proven_size = 0
 
     # -- the client ---------------------------------------------------------
 
@@ -710,7 +1002,9 @@ class PulsarBackend:
             )
         if result == _R.MessageTooBig:
             return MessageTooLargeError(
-                f"{what}: Pulsar refused the message as too big ({name}); use chunking=True"
+                f"{what}: Pulsar refused the message as too big ({name}): the broker's "
+                "maxMessageSize is below --pulsar-max-message-size; lower that option to the "
+                "broker's limit, or create the producer with chunking=True"
             )
         if result == _R.InvalidTopicName:
             return BadTopicError(f"{what}: Pulsar refused the topic name ({name})")
@@ -727,7 +1021,12 @@ class PulsarBackend:
                 f"{what}: Pulsar says the subscription or topic is busy ({name}): an exclusive "
                 "consumer or producer already holds it"
             )
-        if result in _CONNECTION_RESULTS or result == _R.TopicTerminated:
+        if result == _R.TopicTerminated:
+            return PubSubError(
+                f"{what}: the topic is terminated on Pulsar at {where} ({name}) and accepts no "
+                "more messages; publish to another topic"
+            )
+        if result in _CONNECTION_RESULTS:
             if after_connect:
                 return ConnectionLostError(f"{what}: lost Pulsar at {where} ({name})")
             found = f"; {probe}" if probe else ""
@@ -775,6 +1074,8 @@ class PulsarBackend:
         latency_bound = bool(opts.get("latency_bound", False))
         chunking = bool(opts.get("chunking", False))
         confirm = qos == "q2"
+        batching = not (latency_bound or chunking or confirm)
+        batch_bytes = min(BATCH_BYTES, self.max_payload)
         client = await self._get_client()
         producer = await self._create(
             f"create a producer for {topic}",
@@ -783,7 +1084,8 @@ class PulsarBackend:
                 send_timeout_millis=self.send_timeout_ms,
                 max_pending_messages=WINDOW + 1000,
                 block_if_queue_full=False,
-                batching_enabled=not (latency_bound or chunking or confirm),
+                batching_enabled=batching,
+                batching_max_allowed_size_in_bytes=batch_bytes,
                 chunking_enabled=chunking,
             ),
         )
@@ -793,6 +1095,7 @@ class PulsarBackend:
             max_payload=None if chunking else self.max_payload,
             window=WINDOW,
             window_bytes=WINDOW_BYTES,
+            batch_bytes=batch_bytes if batching else None,
         )
         if self._closed:
             await p.close()
@@ -841,7 +1144,8 @@ class PulsarBackend:
         **opts: Any,
     ) -> PulsarConsumer:
         """Subscribe.  ``opts``: ``prefetch`` (int, the client's receiver queue,
-        default 1000); others are ignored."""
+        default 1000); ``ephemeral`` (bool: ``close`` unsubscribes, see the
+        module docstring); others are ignored."""
         native = naming.pulsar_topic(topic)
         naming.check_subscription(subscription, topic)
         if initial_position not in _POSITIONS:
@@ -875,7 +1179,9 @@ class PulsarBackend:
         except BaseException:
             self._release(key)
             raise
-        c = PulsarConsumer(self, topic, native, subscription, schema, consumer, key)
+        c = PulsarConsumer(
+            self, topic, native, subscription, schema, consumer, key, bool(opts.get("ephemeral"))
+        )
         if self._closed:
             await c.close()
             raise ClosedError("Pulsar backend was closed while a consumer was created")
@@ -884,18 +1190,14 @@ class PulsarBackend:
 
     # -- queue lifecycle --------------------------------------------------------
 
-    async def _admin(self, method: str, path: str, what: str, body: Any = None) -> tuple[int, bytes]:
+    async def _admin(self, method: str, path: str, what: str) -> tuple[int, bytes]:
         """One admin REST call in a worker thread: ``(status, body)``; transport errors raised."""
         assert self.admin_url is not None
         url = f"{self.admin_url}/admin/v2/{path}"
         headers = {"Accept": "application/json"}
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
         if self.__api_key:
             headers["Authorization"] = f"Bearer {self.__api_key}"
-        request = urllib.request.Request(url, data=data, method=method, headers=headers)
+        request = urllib.request.Request(url, method=method, headers=headers)
         timeout = self.operation_timeout
 
         def call() -> tuple[int, bytes]:
@@ -907,8 +1209,10 @@ class PulsarBackend:
 
         try:
             status, payload = await asyncio.to_thread(call)
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            # HTTPException: something answered, but not HTTP (a wrong port, a
+            # proxy that cut the connection, a truncated body).
+            reason = getattr(exc, "reason", None) or repr(exc)
             raise BrokerConnectionError(
                 f"could not reach the Pulsar admin API at {_redact(self.admin_url)} to {what} "
                 f"({reason}): is --pulsar-admin-url right?"

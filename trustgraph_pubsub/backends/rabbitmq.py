@@ -57,6 +57,20 @@ dead-letter cycle, a message that a queue's delivery limit dead-letters to
 itself: measured.)  Classic queues have no delivery count, so there a crash
 loop is not bounded.
 
+Ephemeral subscriptions (``create_consumer(..., ephemeral=True)``): the
+queue (same name, from ``naming.rabbitmq_queue``) is declared **exclusive**,
+**auto-delete** and non-durable, a classic queue whatever the qos.  The
+broker deletes an exclusive queue when the connection that declared it
+closes or dies (a SIGKILLed process's TCP connection, at once), and an
+auto-delete queue when its last consumer cancels (the consumer's channel
+closing); either way its messages go with it.  It is not entered in the
+topic's registry (nothing would remove the entry), so ``delete_queue(topic)``
+does not name it; deleting the exchange unbinds it and it goes with its
+consumer.  Only the declaring connection may consume it, so a second
+consumer of the same ephemeral subscription must share the backend, and
+``queue_exists`` asked over another connection reports it (the broker's
+RESOURCE_LOCKED answer means it exists).
+
 Queue lifecycle: AMQP cannot list the queues bound to an exchange and the
 management plugin may be absent, so each topic keeps a small durable registry
 queue (``naming.rabbitmq_registry_queue``) holding one message per subscription
@@ -261,7 +275,8 @@ def _split_headers(
 
 
 class _ExpectedNotFound(logging.Filter):
-    """Drop pika's WARNING for a 404 on a channel that only looked a name up.
+    """Drop pika's WARNING for a 404 (or 405, another connection's exclusive
+    queue) on a channel that only looked a name up.
 
     A passive declare is the only way AMQP answers "does this queue exist?",
     and the broker answers "no" by closing the channel; that is an answer, not
@@ -275,7 +290,7 @@ class _ExpectedNotFound(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
-        if isinstance(args, tuple) and len(args) == 3 and args[0] == 404:
+        if isinstance(args, tuple) and len(args) == 3 and args[0] in (404, 405):
             try:
                 return args[2] not in self.channels
             except TypeError:
@@ -1178,7 +1193,10 @@ class RabbitMQBackend:
         return await self._open_channel(await self._connection(), what)
 
     async def _passive_declare(self, queue: str) -> bool:
-        """Whether ``queue`` exists (a 404 closes the channel, so it is a scratch one)."""
+        """Whether ``queue`` exists (a 404 closes the channel, so it is a scratch one).
+
+        A 405 (RESOURCE_LOCKED) is another connection's exclusive queue: it exists.
+        """
         chan = await self._scratch(f"look up queue {queue!r}")
         _LOOKUPS.channels.add(chan.ch)
         try:
@@ -1187,18 +1205,33 @@ class RabbitMQBackend:
         except pika.exceptions.ChannelClosedByBroker as exc:
             if exc.reply_code == 404:
                 return False
+            if exc.reply_code == 405:
+                return True
             raise self._translate(exc, f"look up queue {queue!r}") from exc
         except Exception as exc:
             raise self._translate(exc, f"look up queue {queue!r}") from exc
         finally:
             await chan.close()
 
-    async def _declare_subscription(self, chan: _Channel, parsed: Topic, queue: str) -> None:
-        """Exchange, registry entry (for a new queue), queue and binding, on ``chan``."""
+    async def _declare_subscription(
+        self, chan: _Channel, parsed: Topic, queue: str, *, ephemeral: bool = False
+    ) -> None:
+        """Exchange, registry entry (for a new queue), queue and binding, on ``chan``.
+
+        ``ephemeral``: an exclusive, auto-delete, non-durable classic queue,
+        not registered (see the module docstring).
+        """
         exchange = naming.check_rabbitmq_name(naming.rabbitmq_exchange(parsed), parsed)
         registry = naming.check_rabbitmq_name(naming.rabbitmq_registry_queue(parsed), parsed)
         ch = chan.ch
         await chan.call(ch.exchange_declare, exchange=exchange, exchange_type="fanout", durable=True)
+        if ephemeral:
+            await chan.call(
+                ch.queue_declare, queue, durable=False, exclusive=True, auto_delete=True,
+                arguments=_queue_arguments(queue, False, self.queue_type),
+            )
+            await chan.call(ch.queue_bind, queue, exchange)
+            return
         if not await self._passive_declare(queue):
             # Registered before it exists: a crash in between leaves a harmless stale
             # entry, never an orphan queue that deleting the topic would miss.
@@ -1278,6 +1311,8 @@ class RabbitMQBackend:
 
         ``prefetch`` (int >= 1) bounds the unacknowledged messages the broker
         pushes ahead; the resilient ``Consumer`` passes its concurrency.
+        ``ephemeral=True``: an exclusive auto-delete queue, deleted by the
+        broker with this consumer or its connection (see the module docstring).
         """
         self._check()
         parsed = naming.parse(topic)
@@ -1310,7 +1345,9 @@ class RabbitMQBackend:
         chan = await self._open_channel(conn, what)
         consumer = RabbitMQConsumer(self, parsed, subscription, schema, queue, chan)
         try:
-            await self._declare_subscription(chan, parsed, queue)
+            await self._declare_subscription(
+                chan, parsed, queue, ephemeral=bool(opts.get("ephemeral"))
+            )
             await chan.call(chan.ch.basic_qos, prefetch_count=prefetch)
             await chan.call(
                 chan.ch.basic_consume,

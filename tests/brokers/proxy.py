@@ -1,0 +1,87 @@
+"""A loopback TCP proxy that can cut the network without touching the broker.
+
+``TcpProxy`` listens on a free port and forwards each connection to an
+upstream ``host:port``.  ``blackhole()`` keeps every connection open but
+forwards nothing either way (bytes are read and thrown away), the way a
+dead link or a stalled peer looks to a client: its requests go out and
+never reach the broker, and nothing comes back.  ``drop()`` closes every
+connection at once.  ``resume()`` ends the blackhole: the connections that
+were in it are closed (their bytes are gone), and new ones are forwarded
+again.
+
+It runs on the test's event loop: a client under test must not block that
+loop, which the SDK promises anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from tests.brokers import free_port
+
+_CHUNK = 1 << 16
+
+
+class TcpProxy:
+    def __init__(self, upstream_host: str, upstream_port: int, *, port: int | None = None) -> None:
+        self.upstream = (upstream_host, upstream_port)
+        #: the port it listens on (given, when a broker must advertise it before it starts)
+        self.port = port or free_port()
+        self._server: asyncio.Server | None = None
+        self._links: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self._holes = asyncio.Event()  # set: forwarding is off
+        #: bytes thrown away while blackholed, client to broker and back
+        self.discarded = 0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self.drop()
+            await self._server.wait_closed()
+            self._server = None
+
+    def blackhole(self) -> None:
+        self._holes.set()
+
+    def resume(self) -> None:
+        self._holes.clear()
+        self.drop()
+
+    def drop(self) -> None:
+        for a, b in list(self._links):
+            a.close()
+            b.close()
+        self._links.clear()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            writer.close()
+            return
+        link = (writer, up_writer)
+        self._links.add(link)
+        try:
+            await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
+        finally:
+            self._links.discard(link)
+            writer.close()
+            up_writer.close()
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            while data := await reader.read(_CHUNK):
+                if self._holes.is_set():
+                    self.discarded += len(data)
+                    continue
+                writer.write(data)
+                await writer.drain()
+        writer.close()
