@@ -25,7 +25,6 @@ message kept for resending needs no schema.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Mapping
@@ -117,8 +116,13 @@ class Producer:
             await bp.flush()
         except PubSubError as exc:
             self._salvage(exc)
-            with contextlib.suppress(Exception):
+            try:
                 await bp.close()
+            except PubSubError as cexc:
+                # Replayed sends still in flight fail here: keep them too.
+                self._salvage(cexc)
+            except Exception:
+                log.debug("closing a failed producer for %s", self.topic, exc_info=True)
             raise
 
     def _salvage(self, exc: BaseException) -> None:
