@@ -21,6 +21,7 @@ from .errors import (
     PubSubError,
     PubSubTimeoutError,
     QueueNotFoundError,
+    ServiceError,
     UnsupportedError,
 )
 from .factory import add_pubsub_args, available_backends, get_pubsub, register_backend
@@ -57,6 +58,7 @@ __all__ = [
     "QueueNotFoundError",
     "RequestResponse",
     "Responder",
+    "ServiceError",
     "Subscriber",
     "UnsupportedError",
     "add_pubsub_args",

@@ -85,6 +85,22 @@ class UnsupportedError(PubSubError, NotImplementedError):
     """The backend cannot do this (its ``Capabilities`` says so)."""
 
 
+class ServiceError(PubSubError):
+    """A service answered a request with an ``Error`` record.
+
+    ``type`` and ``detail`` are the record's ``type`` (``"not-found"``,
+    ``"bad-request"`` ...) and ``message``; ``service`` names who answered.
+    Retrying the same request will get the same answer, unless ``type`` is
+    ``"unavailable"`` (the service could not reach its store).
+    """
+
+    def __init__(self, service: str, type: str, detail: str) -> None:
+        super().__init__(f"{service}: {type}: {detail}")
+        self.service = service
+        self.type = type
+        self.detail = detail
+
+
 __all__ = [
     "AuthenticationError",
     "BadTopicError",
@@ -99,5 +115,6 @@ __all__ = [
     "PubSubError",
     "PubSubTimeoutError",
     "QueueNotFoundError",
+    "ServiceError",
     "UnsupportedError",
 ]

@@ -224,7 +224,8 @@ class RequestResponse:
 class Responder:
     """The service side: ``handler(request, properties)`` answers each request.
 
-    The handler returns a response (or an awaitable of one), or an async
+    ``request_schema=None`` hands the handler the raw bytes (a service that
+    answers malformed requests itself decodes them).  The handler returns a response (or an awaitable of one), or an async
     iterator of responses for a stream.  Replies carry the request's ``id``
     and ``final``.  A handler exception is a ``Consumer`` handler failure:
     the request is redelivered, then dead-lettered (the caller times out);
@@ -237,7 +238,7 @@ class Responder:
         self,
         backend: PubSubBackend,
         request_topic: str,
-        request_schema: type[Any],
+        request_schema: type[Any] | None,
         response_topic: str,
         response_schema: type[Any],
         handler: ResponderHandler,

@@ -28,6 +28,8 @@ from trustgraph_schema import (
     FlowResponse,
     Metadata,
     Term,
+    TextChunkRequest,
+    TextChunkResponse,
     TextCompletionRequest,
     TextCompletionResponse,
     Triple,
@@ -59,6 +61,8 @@ SCHEMAS = [
     FlowResponse,
     TextCompletionRequest,
     TextCompletionResponse,
+    TextChunkRequest,
+    TextChunkResponse,
 ]
 
 ERROR = Error(type="not-found", message="no such key")
@@ -99,7 +103,8 @@ EXAMPLES: list[Any] = [
         config={"prompt": {"system": "x"}, "empty": {}},
     ),
     ConfigResponse(error=ERROR),
-    ConfigPush(version=7, types=["prompt"], workspaces=["w"], config={"prompt": {"a": "b"}}),
+    ConfigPush(version=7, changes={"prompt": ["w"], "flow": []}),
+    ConfigValue(type="prompt", key="system", value="x", workspace="w"),
     FlowRequest(
         operation="start-flow",
         workspace="w",
@@ -116,6 +121,9 @@ EXAMPLES: list[Any] = [
         response="Hello", in_token=3, out_token=1, model="m", end_of_stream=True
     ),
     TextCompletionResponse(error=ERROR, end_of_stream=True),
+    TextChunkRequest(text="abc", chunk_size=2),
+    TextChunkResponse(chunks=["ab", "c"]),
+    TextChunkResponse(error=ERROR),
 ]
 
 
@@ -178,18 +186,14 @@ def test_defaults_with_values_are_written() -> None:
         "response": "r",
         "end_of_stream": False,
     }
-    assert json.loads(encode(ConfigPush(version=0))) == {
-        "version": 0,
-        "types": [],
-        "workspaces": [],
-    }
+    assert json.loads(encode(ConfigPush(version=0))) == {"version": 0, "changes": {}}
 
 
 def test_required_fields_are_required_on_the_wire() -> None:
     for cls, body, path in (
         (ConfigRequest, b'{"workspace":"w"}', "operation"),
         (FlowRequest, b"{}", "operation"),
-        (ConfigPush, b'{"types":[]}', "version"),
+        (ConfigPush, b'{"changes":{}}', "version"),
         (TextCompletionRequest, b'{"system":""}', "prompt"),
         (Triple, b'{"s":{"type":"i"}}', "p"),
         (Term, b'{"iri":"x"}', "type"),

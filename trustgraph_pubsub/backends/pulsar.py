@@ -162,6 +162,7 @@ from ..errors import (
     QueueNotFoundError,
     UnsupportedError,
 )
+from ..redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -212,13 +213,7 @@ _HELD: dict[tuple[str, str, str], list[Any]] = {}
 _HELD_LOCK = threading.Lock()
 
 
-def _redact(url: str | None) -> str | None:
-    """``url`` without any ``user:password@`` part."""
-    if not url or "@" not in url:
-        return url
-    parts = urllib.parse.urlsplit(url)
-    host = parts.netloc.rpartition("@")[2]
-    return urllib.parse.urlunsplit(parts._replace(netloc=host))
+_redact = redact_url
 
 
 def _qos(topic: str) -> str:

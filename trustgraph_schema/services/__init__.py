@@ -1,5 +1,6 @@
 """Request/response types and queue names of the control-plane and model services."""
 
+from .chunker import TextChunkRequest, TextChunkResponse
 from .config import (
     CONTROL_NAMESPACE,
     ConfigKey,
@@ -23,6 +24,8 @@ __all__ = [
     "ConfigValue",
     "FlowRequest",
     "FlowResponse",
+    "TextChunkRequest",
+    "TextChunkResponse",
     "TextCompletionRequest",
     "TextCompletionResponse",
     "config_push_queue",

@@ -3,9 +3,10 @@
 The store holds ``(workspace, type, key) -> value`` strings under one global
 version.  A request names an ``operation`` and the fields it needs; which
 operations exist is the service's business (TrustGraph's are ``get``,
-``list``, ``getvalues``, ``put``, ``delete``, ``config``), the shapes here
-cover them all.  Every field but ``operation`` is ``T | None``, so a
-request carries exactly what it sets.
+``list``, ``getvalues``, ``getvalues-all-ws``, ``getkeys-all-ws``, ``put``,
+``delete``, ``config``), the shapes here cover them all.  Every field but
+``operation`` is ``T | None``, so a request carries exactly what it sets.
+Field names follow TrustGraph's where they mean the same thing.
 
 Queues live in the control-plane namespace ``config`` (apart from the
 per-flow queues of namespace ``flow``), all at qos ``q1``: a request, a
@@ -40,16 +41,27 @@ class ConfigKey:
 
 @dataclass
 class ConfigValue:
-    """One entry of a workspace."""
+    """One entry of a workspace.
+
+    ``workspace`` is set only in answers that span workspaces
+    (``getvalues-all-ws``, ``getkeys-all-ws``); elsewhere the request's
+    workspace applies.
+    """
 
     type: str
     key: str
     value: str
+    workspace: str | None = None
 
 
 @dataclass
 class ConfigRequest:
-    """A call to the config service; ``operation`` says which."""
+    """A call to the config service; ``operation`` says which.
+
+    A ``put`` may carry ``keys`` as well as ``values``: those keys are
+    deleted in the same write (one version, one push), which is how a batch
+    of puts and deletes stays atomic.
+    """
 
     operation: str
     workspace: str | None = None
@@ -77,13 +89,13 @@ class ConfigResponse:
 class ConfigPush:
     """Broadcast after each write: the new ``version`` and what it touched.
 
-    ``types`` and ``workspaces`` name the changed config types and
-    workspaces (reserved workspaces, ids starting with ``_``, are never
-    named).  ``config`` may carry a snapshot for small deployments; a
-    receiver must not rely on it and fetches what it needs.
+    ``changes`` maps each changed config type to the workspaces it changed
+    in (TrustGraph's shape).  Reserved workspaces (ids starting with ``_``)
+    are never named, so a write that touched only those pushes an empty
+    ``changes``: every write is one version and one push, and a receiver
+    that sees a version gap knows it missed one.  A push carries no values:
+    receivers fetch what they need, at a version at least this one.
     """
 
     version: int
-    types: list[str] = field(default_factory=list)
-    workspaces: list[str] = field(default_factory=list)
-    config: dict[str, dict[str, str]] | None = None
+    changes: dict[str, list[str]] = field(default_factory=dict)

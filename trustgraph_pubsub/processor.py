@@ -1,0 +1,334 @@
+"""``AsyncProcessor``: the base of every service: flags, lifecycle, supervision, launch.
+
+A processor is a long-running process built on the SDK.  Every processor
+takes the same pub/sub flags (``add_pubsub_args``) plus ``--id``,
+``--concurrency``, ``--metrics-port`` and ``--log-level``, each with an
+environment fallback (``PROCESSOR_ID``, ``CONCURRENCY``, ``METRICS_PORT``,
+``LOG_LEVEL``), so an operator moves a whole deployment to another broker
+with one flag or one variable.
+
+Lifecycle (explicit, as in aiokafka's clients):
+
+* ``start()`` makes the backend with ``get_pubsub(**params)``, unless one was
+  passed in as ``backend=`` (the caller then owns it and closes it), starts
+  the Prometheus endpoint when ``metrics_port`` is set, then calls the
+  subclass's ``on_start()``;
+* ``stop()`` calls ``on_stop()``, where subclasses stop their consumers
+  (``Consumer.stop`` lets in-flight handlers finish and be acknowledged),
+  then cancels what is still supervised and closes an owned backend.
+  Idempotent;
+* ``run()`` starts, waits until ``request_stop()`` is called (by a signal
+  under ``launch``), then stops; ``async with`` starts and stops.
+
+Supervision: ``supervise(name, factory)`` runs ``await factory()`` in a task.
+If it raises, or returns while the processor is still running, the failure is
+logged and the factory runs again after a jittered backoff (the project's one
+``Backoff``), reset once a run has lasted ``HEALTHY_AFTER`` seconds: a
+consumer loop that dies is restarted, never silently dropped.
+
+``launch(ident, doc)`` is a console script's whole ``main``: parse argv (the
+environment as fallback), configure logging, run the processor on a fresh
+event loop with SIGTERM and SIGINT wired to ``request_stop``, exit 0 after a
+clean stop and 1 when start-up failed.  A second signal while stopping cancels
+the drain and exits at once (with status 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, ClassVar
+
+from .backend import PubSubBackend
+from .errors import ConfigurationError
+from .factory import add_pubsub_args, get_pubsub
+from .metrics import Metrics, default_metrics
+from .retry import Backoff
+
+log = logging.getLogger(__name__)
+
+__all__ = ["AsyncProcessor", "env_default"]
+
+#: a supervised task that ran this long without failing starts its backoff afresh.
+HEALTHY_AFTER = 30.0
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def env_default(name: str, default: Any = None) -> Any:
+    """The environment variable ``name`` if set and non-empty, else ``default``."""
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def _positive_int(flag: str, value: Any) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"{flag} must be an integer, got {value!r}") from exc
+    if n < 1:
+        raise ConfigurationError(f"{flag} must be at least 1, got {n}")
+    return n
+
+
+class AsyncProcessor:
+    """Base class of a service; subclasses override ``on_start``/``on_stop``
+    and, for their own flags, ``add_args`` (calling ``super().add_args``)."""
+
+    #: the ``--id`` a processor gets when none is given.
+    default_ident: ClassVar[str] = "processor"
+
+    def __init__(self, **params: Any) -> None:
+        self.params: dict[str, Any] = params
+        ident = params.get("id") or self.default_ident
+        if not isinstance(ident, str):
+            raise ConfigurationError(f"--id must be a string, got {type(ident).__name__}")
+        self.id: str = ident
+        self.concurrency = _positive_int("--concurrency", params.get("concurrency") or 1)
+        port = params.get("metrics_port")
+        self.metrics_port: int | None = None
+        if port not in (None, "", 0, "0"):
+            self.metrics_port = _positive_int("--metrics-port", port)
+        self.metrics: Metrics = params.get("metrics") or default_metrics()
+        injected = params.get("backend")
+        self._owns_backend = injected is None
+        self._backend: PubSubBackend | None = injected
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._stop_requested: asyncio.Event | None = None
+        self._metrics_server: Any = None
+        self._started = False
+        self._stopping = False
+        self._stopped = False
+
+    # -- flags ----------------------------------------------------------------
+
+    @classmethod
+    def add_args(cls, parser: argparse.ArgumentParser) -> None:
+        """The pub/sub flags and the flags every processor has."""
+        add_pubsub_args(parser)
+        parser.add_argument(
+            "--id", default=env_default("PROCESSOR_ID", cls.default_ident),
+            help=f"this processor's identity (env PROCESSOR_ID, default {cls.default_ident})",
+        )
+        parser.add_argument(
+            "--concurrency", type=int, default=env_default("CONCURRENCY", 1),
+            help="handlers run at once per consumer (env CONCURRENCY, default 1)",
+        )
+        parser.add_argument(
+            "--metrics-port", type=int, default=env_default("METRICS_PORT"),
+            help="serve Prometheus metrics on this port (env METRICS_PORT; default off)",
+        )
+        parser.add_argument(
+            "--log-level", default=env_default("LOG_LEVEL", "INFO"), type=str.upper,
+            choices=LOG_LEVELS, help="log level (env LOG_LEVEL, default INFO)",
+        )
+
+    # -- lifecycle --------------------------------------------------------------
+
+    @property
+    def backend(self) -> PubSubBackend:
+        """The backend; made by ``start``."""
+        if self._backend is None:
+            raise ConfigurationError(f"processor {self.id!r} is not started; call start() first")
+        return self._backend
+
+    @property
+    def running(self) -> bool:
+        return self._started and not self._stopping
+
+    async def on_start(self) -> None:
+        """Open consumers, clients, supervised tasks.  The backend is ready."""
+
+    async def on_stop(self) -> None:
+        """Stop consumers (draining in-flight work) and close clients."""
+
+    async def start(self) -> None:
+        """Make the backend, serve metrics, then ``on_start``.  A failure undoes it all."""
+        if self._started:
+            return
+        if self._stopped:
+            raise ConfigurationError(f"processor {self.id!r} was stopped; make a new one")
+        self._stop_requested = asyncio.Event()
+        if self._backend is None:
+            self._backend = get_pubsub(**self.params)
+        self._started = True
+        try:
+            self._serve_metrics()
+            await self.on_start()
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("%s %r started on the %s backend", type(self).__name__, self.id,
+                 getattr(self._backend, "name", "?"))
+
+    def _serve_metrics(self) -> None:
+        if self.metrics_port is None:
+            return
+        try:
+            import prometheus_client
+        except ImportError as exc:
+            raise ConfigurationError(
+                "--metrics-port needs prometheus-client: pip install trustgraph-pubsub[metrics]"
+            ) from exc
+        registry = self.metrics.registry or prometheus_client.REGISTRY
+        try:
+            self._metrics_server = prometheus_client.start_http_server(
+                self.metrics_port, registry=registry
+            )
+        except OSError as exc:
+            raise ConfigurationError(
+                f"--metrics-port {self.metrics_port}: cannot listen ({exc})"
+            ) from exc
+
+    async def stop(self) -> None:
+        """``on_stop``, cancel supervised tasks, close an owned backend.  Idempotent."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if self._stop_requested is not None:
+            self._stop_requested.set()
+        try:
+            if self._started:
+                try:
+                    await self.on_stop()
+                except Exception:
+                    log.exception("%s %r: error while stopping", type(self).__name__, self.id)
+            tasks = list(self._tasks.values())
+            for t in tasks:
+                t.cancel()
+            if tasks:
+                await asyncio.wait(tasks)
+            self._tasks.clear()
+            if self._metrics_server is not None:
+                server = self._metrics_server[0] if isinstance(self._metrics_server, tuple) \
+                    else self._metrics_server
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(server.shutdown)
+                self._metrics_server = None
+        finally:
+            if self._owns_backend and self._backend is not None:
+                try:
+                    await self._backend.close()
+                except Exception as exc:
+                    log.warning("closing the backend of %r: %s", self.id, exc)
+            self._stopped = True
+            log.info("%s %r stopped", type(self).__name__, self.id)
+
+    def request_stop(self) -> None:
+        """Ask ``run`` to stop (safe from a signal handler on the loop)."""
+        if self._stop_requested is not None:
+            self._stop_requested.set()
+
+    async def run(self) -> None:
+        """Start, wait until ``request_stop``, stop.  Cancelling ``run`` stops too."""
+        await self.start()
+        assert self._stop_requested is not None
+        try:
+            await self._stop_requested.wait()
+        finally:
+            await asyncio.shield(self.stop())
+
+    async def __aenter__(self) -> AsyncProcessor:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # -- supervision -------------------------------------------------------------
+
+    def supervise(self, name: str, factory: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        """Run ``factory()`` until the processor stops, restarting it when it fails."""
+        if name in self._tasks and not self._tasks[name].done():
+            raise ConfigurationError(f"processor {self.id!r} already supervises {name!r}")
+        task = asyncio.create_task(self._supervised(name, factory), name=f"{self.id}:{name}")
+        self._tasks[name] = task
+        return task
+
+    async def _supervised(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
+        backoff = Backoff(base=0.5, cap=30.0)
+        while not self._stopping:
+            began = time.monotonic()
+            try:
+                await factory()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                if self._stopping:
+                    return
+                log.exception("%r: task %s failed; restarting it", self.id, name)
+            else:
+                if self._stopping:
+                    return
+                log.warning("%r: task %s ended while the processor runs; restarting it",
+                            self.id, name)
+            if time.monotonic() - began > HEALTHY_AFTER:
+                backoff.reset()
+            await backoff.sleep()
+
+    # -- the console script ------------------------------------------------------
+
+    @classmethod
+    def parse(cls, ident: str, doc: str, argv: Sequence[str] | None = None) -> dict[str, Any]:
+        """The processor's parameters from ``argv`` (default ``sys.argv[1:]``) and the env."""
+        parser = argparse.ArgumentParser(prog=ident, description=doc)
+        cls.add_args(parser)
+        parser.set_defaults(id=env_default("PROCESSOR_ID", ident))
+        return vars(parser.parse_args(argv))
+
+    @classmethod
+    def launch(cls, ident: str, doc: str, argv: Sequence[str] | None = None) -> None:
+        """Parse flags, run until SIGTERM/SIGINT, exit 0 (1 if it could not start)."""
+        params = cls.parse(ident, doc, argv)
+        logging.basicConfig(level=params.get("log_level") or "INFO", format=LOG_FORMAT)
+        sys.exit(asyncio.run(cls._main(params)))
+
+    @classmethod
+    async def _main(cls, params: Mapping[str, Any]) -> int:
+        try:
+            proc = cls(**params)
+        except Exception as exc:
+            log.error("%s: %s", params.get("id"), exc)
+            return 1
+        loop = asyncio.get_running_loop()
+        main = asyncio.current_task()
+        signals = 0
+
+        def on_signal(sig: signal.Signals) -> None:
+            nonlocal signals
+            signals += 1
+            if signals == 1:
+                log.info("%r: %s received; stopping (again to stop at once)", proc.id, sig.name)
+                proc.request_stop()
+            elif main is not None:
+                main.cancel()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, on_signal, sig)
+        try:
+            await proc.start()
+        except asyncio.CancelledError:
+            return 1
+        except Exception as exc:
+            log.error("%r could not start: %s: %s", proc.id, type(exc).__name__, exc)
+            return 1
+        try:
+            await proc.run()
+        except asyncio.CancelledError:
+            log.warning("%r: stopped without draining", proc.id)
+            return 1
+        return 0
