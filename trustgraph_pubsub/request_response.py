@@ -71,7 +71,7 @@ class RequestResponse:
         self,
         backend: PubSubBackend,
         request_topic: str,
-        request_schema: type[Any],
+        request_schema: type[Any] | None,
         response_topic: str,
         response_schema: type[Any],
         *,

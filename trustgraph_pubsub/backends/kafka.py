@@ -47,17 +47,16 @@ subscription)`` deletes the consumer group (refused while members are
 connected); ``delete_queue(topic)`` deletes the topic and every group named
 for a subscription on it.  Deleting what does not exist is not an error.
 
-Ephemeral subscriptions (``create_consumer(..., ephemeral=True)``): the
-group (same name, ``naming.kafka_group``) never commits.  Acks are tracked
-as usual (a nack still replays only what was nacked) but no offset is ever
-sent, not even the starting position, which stays in the client: once the
-member leaves, or its process dies and its session times out, the group is
-empty with no offsets and nothing of the subscription remains (Kafka
-removes an empty group without offsets; ``queue_exists`` says False as soon
-as no member is left to ask, and in fact at any time, since it looks for
-committed offsets).  A partition assigned later (a rebalance) starts at
-``initial_position`` again, so messages in between may be missed or, with
-"earliest", replayed.
+Ephemeral subscriptions (``create_consumer(..., ephemeral=True)``) have
+one consumer by definition, so they use no consumer group at all: the
+client assigns itself every partition the topic has when it is created and
+starts each at ``initial_position``.  Acks are tracked as usual (a nack still
+replays only what was nacked) but nothing is ever committed: positions live
+in the client, and when it closes or its process dies nothing of the
+subscription remains on the broker (``queue_exists`` is False for it at any
+time).  No group also means no JoinGroup, which some brokers make take
+seconds; a request/response caller makes one of these at every start.
+Partitions added to the topic later are not read.
 
 Consumer types: only ``shared``.  A group splits partitions between members,
 so there is no way to make Kafka refuse a second consumer (``exclusive``) or
@@ -433,6 +432,9 @@ class KafkaConsumer:
     # -- lifecycle -----------------------------------------------------------
 
     async def _start(self) -> None:
+        if self._ephemeral:
+            await self._start_assigned()
+            return
         b = self._backend
         self._client = AIOKafkaConsumer(
             **b._client_kwargs(),
@@ -463,6 +465,47 @@ class KafkaConsumer:
         self._commit_task = asyncio.get_running_loop().create_task(
             self._commit_loop(), name=f"kafka-commit-{self._group}"
         )
+
+    async def _start_assigned(self) -> None:
+        """An ephemeral subscription: every partition assigned by hand, no group.
+
+        It has one consumer by definition, so there is nothing to share and no
+        group to join (a first JoinGroup costs seconds on some brokers, and a
+        request/response caller makes one of these per start).  Positions
+        start at ``initial_position`` and live only in this client.
+        """
+        b = self._backend
+        tps = await b._partitions(self._native)
+        self._client = AIOKafkaConsumer(
+            **b._client_kwargs(),
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset=self._initial_position,
+            fetch_max_wait_ms=b.fetch_max_wait_ms,
+            max_partition_fetch_bytes=max(1024 * 1024, b.max_message_size + _OVERHEAD),
+        )
+        await b._start_client(self._client, f"consumer of {self.topic} ({self.subscription})")
+        try:
+            self._client.assign(tps)
+            async with asyncio.timeout(b.connect_timeout):
+                if self._initial_position == "earliest":
+                    await self._client.seek_to_beginning(*tps)
+                    positions = {tp: await self._client.position(tp) for tp in tps}
+                else:
+                    positions = await _settle_at_end(self._client, tps)
+        except TimeoutError:
+            await self._stop_client()
+            raise PubSubTimeoutError(
+                f"consumer of {self.topic} ({self.subscription}): the partitions' positions "
+                f"were not known within {b.connect_timeout:g}s"
+            ) from None
+        except BaseException:
+            await self._stop_client()
+            raise
+        for tp, off in positions.items():
+            part = self._parts[tp] = _Partition(tp)
+            part.committed = off
+        self._ready.set()
 
     async def _settle_latest(self) -> None:
         """Correct a "latest" start to the fetch high watermark (see ``_settle_at_end``).
@@ -515,7 +558,8 @@ class KafkaConsumer:
         lives on with them.
         """
         await self.close()
-        await self._backend._delete_groups([self._group], strict=False)
+        if not self._ephemeral:  # an ephemeral subscription has no group
+            await self._backend._delete_groups([self._group], strict=False)
 
     # -- rebalance -----------------------------------------------------------
 
@@ -1184,8 +1228,9 @@ class KafkaBackend:
     ) -> KafkaConsumer:
         """Join the subscription's group; ``prefetch`` is not needed (a
         partition has one reader at a time, so fetching ahead takes nothing
-        from other members) and is ignored.  ``ephemeral=True``: the group
-        never commits (see the module docstring)."""
+        from other members) and is ignored.  ``ephemeral=True``: no group,
+        every partition assigned by hand, nothing committed (see the module
+        docstring)."""
         self._check_open()
         native = self._native(topic)
         group = naming.kafka_group(topic, subscription)

@@ -1,0 +1,1 @@
+"""Tests of the control plane: config store, config and flow services, processors."""

@@ -1,0 +1,437 @@
+"""The control plane against one backend, in-process: one battery, one subclass per broker.
+
+Each test starts its own config service (SQLite in a temporary directory),
+flow service and processors, each on a backend of its own (its own broker
+connection, as separate processes would have), and stops them at the end.
+``tests/services/test_processes.py`` runs the same services as processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from bootstrap.config_service import ConfigService, SqliteStore
+from bootstrap.flow_service import FlowService
+from bootstrap.processors.chunker import Chunker
+from tests.brokers import Broker
+from tests.services.helpers import CHUNK_SIZE_TYPE, chunk_blueprint, chunk_topics, eventually
+from trustgraph_pubsub import (
+    Consumer,
+    Message,
+    Producer,
+    PubSubBackend,
+    PubSubTimeoutError,
+    RequestResponse,
+    ServiceError,
+)
+from trustgraph_pubsub.config_client import ConfigClient
+from trustgraph_pubsub.config_receiver import ConfigReceiver
+from trustgraph_pubsub.flow_client import FlowClient
+from trustgraph_pubsub.flow_processor import ConsumerSpec, Flow, FlowProcessor
+from trustgraph_schema import (
+    ConfigPush,
+    ConfigRequest,
+    ConfigResponse,
+    FlowRequest,
+    TextChunkRequest,
+    TextChunkResponse,
+    config_push_queue,
+    config_request_queue,
+    config_response_queue,
+)
+
+#: Generous: Kafka (tansu) takes about 5 s for each new consumer group's first join.
+WAIT = 60.0
+
+
+class ControlPlane:
+    """The services of one test, and a way to start more."""
+
+    def __init__(self, broker: Broker, tmp: Path) -> None:
+        self.broker = broker
+        self.tmp = tmp
+        self.backends: list[PubSubBackend] = []
+        self.running: list[Any] = []
+        self.config_svc: ConfigService | None = None
+        self.flow_svc: FlowService | None = None
+
+    def backend(self) -> PubSubBackend:
+        b = self.broker.make_backend()
+        self.backends.append(b)
+        return b
+
+    async def start(self, proc: Any) -> Any:
+        await proc.start()
+        self.running.append(proc)
+        return proc
+
+    async def start_config(self, **params: Any) -> ConfigService:
+        params.setdefault("store", SqliteStore(self.tmp / "config.db"))
+        self.config_svc = await self.start(
+            ConfigService(backend=self.backend(), concurrency=8, **params)
+        )
+        return self.config_svc
+
+    async def start_flow(self, **params: Any) -> FlowService:
+        params.setdefault("release_wait", 0.5)
+        self.flow_svc = await self.start(FlowService(backend=self.backend(), **params))
+        return self.flow_svc
+
+    async def close(self) -> None:
+        for proc in reversed(self.running):
+            with contextlib.suppress(Exception):
+                await proc.stop()
+        for b in self.backends:
+            with contextlib.suppress(Exception):
+                await b.close()
+
+
+class Probe(FlowProcessor):
+    """A FlowProcessor that consumes its flows' ``input`` topic and counts."""
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.handled = 0
+        self.register(ConsumerSpec("input", None, self.on_input))
+
+    async def on_input(self, flow: Flow, msg: Message) -> None:
+        self.handled += 1
+
+
+class ControlPlaneBattery:
+    broker_name: ClassVar[str]
+
+    @pytest.fixture
+    async def cp(self, broker: Broker, tmp_path: Path) -> AsyncIterator[ControlPlane]:
+        plane = ControlPlane(broker, tmp_path)
+        try:
+            yield plane
+        finally:
+            await plane.close()
+
+    # -- the config service ---------------------------------------------------
+
+    async def test_config_operations_round_trip(self, cp: ControlPlane) -> None:
+        await cp.start_config()
+        async with ConfigClient(cp.backend(), timeout=WAIT) as c:
+            v1 = await c.put("w", "prompt", "system", '"be brief"')
+            v2 = await c.put_many("w", [("prompt", "user", '"hi"'), ("flow", "f", "{}")])
+            assert (v1, v2) == (1, 2)
+            assert await c.get("w", "prompt", "system") == '"be brief"'
+            assert await c.get("w", "prompt", "absent") is None  # not an error
+            assert await c.keys("w", "prompt") == ["system", "user"]
+            assert await c.values("w", "prompt") == {"system": '"be brief"', "user": '"hi"'}
+            await c.put("w2", "prompt", "system", '"other"')
+            assert await c.values_all_workspaces("prompt") == {
+                "w": {"system": '"be brief"', "user": '"hi"'}, "w2": {"system": '"other"'}
+            }
+            assert await c.workspaces_for_type("prompt") == ["w", "w2"]
+            assert await c.get_all("w") == {
+                "flow": {"f": "{}"}, "prompt": {"system": '"be brief"', "user": '"hi"'}
+            }
+            v = await c.put_many("w", [("prompt", "new", "1")], delete=[("prompt", "user")])
+            assert v == 4 and await c.keys("w", "prompt") == ["new", "system"]
+            assert await c.delete("w", "prompt", "system") == 5
+            assert c.version == 5
+
+    async def test_config_errors_are_answers_never_silence(self, cp: ControlPlane) -> None:
+        await cp.start_config()
+        async with ConfigClient(cp.backend(), timeout=WAIT) as c:
+            cases: list[tuple[ConfigRequest, str, str]] = [
+                (ConfigRequest("explode", workspace="w"), "bad-operation", "explode"),
+                (ConfigRequest("get", workspace="w"), "bad-request", "keys"),
+                (ConfigRequest("getvalues", type="t"), "bad-request", "workspace"),
+                (ConfigRequest("put", workspace="w"), "bad-request", "values"),
+                (ConfigRequest("list", workspace="", type="t"), "bad-request", "workspace"),
+            ]
+            for request, etype, names in cases:
+                with pytest.raises(ServiceError) as err:
+                    await c.call(request)
+                assert err.value.type == etype and names in err.value.detail, err.value
+            with pytest.raises(ServiceError) as err:
+                await c.put("w", "t", "k", "not json")
+            assert err.value.type == "bad-request" and "t/k" in err.value.detail
+        # Bytes that are not a ConfigRequest at all still get an answer.
+        async with RequestResponse(
+            cp.backend(), config_request_queue, None, config_response_queue, ConfigResponse
+        ) as raw:
+            for junk in (b"\xff\x00garbage", b'{"workspace": "w"}', b'{"operation": 7}'):
+                reply = await raw.request(junk, timeout=WAIT)
+                assert reply.error is not None and reply.error.type == "bad-request", junk
+            assert "operation" in reply.error.message
+
+    async def test_large_answers_come_in_parts(self, cp: ControlPlane) -> None:
+        await cp.start_config(max_answer_bytes=64 * 1024)
+        big = '"' + "x" * 1000 + '"'
+        async with ConfigClient(cp.backend(), timeout=WAIT) as c:
+            await c.put_many("w", [("doc", f"k{i:04}", big) for i in range(300)])  # ~300 KiB
+            assert len(await c.values("w", "doc")) == 300
+            assert len(await c.get_all("w"))
+            assert len((await c.values_all_workspaces("doc"))["w"]) == 300
+            with pytest.raises(ServiceError) as err:
+                await c.put("w", "doc", "huge", '"' + "y" * 70_000 + '"')
+            assert "doc/huge" in err.value.detail
+
+    async def test_each_write_pushes_once_and_reserved_workspaces_are_never_named(
+        self, cp: ControlPlane
+    ) -> None:
+        await cp.start_config()
+        pushes: list[ConfigPush] = []
+
+        async def on_push(msg: Message) -> None:
+            pushes.append(msg.value())
+
+        async with Consumer(cp.backend(), config_push_queue, f"probe-{uuid.uuid4().hex[:8]}",
+                            ConfigPush, on_push, ephemeral=True), \
+                ConfigClient(cp.backend(), timeout=WAIT) as c:
+            await c.put_many("w", [("a", "1", "1"), ("b", "1", "1")])
+            await c.put("__system__", "init-state", "x", '"done"')
+            await c.delete("w", "a", "1")
+            await eventually(lambda: len(pushes) >= 3, WAIT, what="three pushes")
+            await asyncio.sleep(0.5)
+        assert [(p.version, p.changes) for p in pushes] == [
+            (1, {"a": ["w"], "b": ["w"]}), (2, {}), (3, {"a": ["w"]})
+        ]
+        assert cp.config_svc is not None and cp.config_svc.pushes == 3
+
+    async def test_receiver_calls_only_changed_types_per_workspace(self, cp: ControlPlane) -> None:
+        await cp.start_config()
+        calls: list[tuple[str, str, dict[str, str]]] = []
+        async with ConfigClient(cp.backend(), timeout=WAIT) as c:
+            await c.put("w1", "prompt", "p", "1")
+            receiver = ConfigReceiver(cp.backend(), name="test", resync_interval=3600)
+
+            def on(type_: str) -> Any:
+                return lambda ws, values, version: calls.append((type_, ws, values))
+
+            receiver.on("prompt", on("prompt"))
+            receiver.on("tool", on("tool"))
+
+            def boom(ws: str, values: dict[str, str], version: int) -> None:
+                raise RuntimeError("a broken handler")
+
+            receiver.on("tool", boom)
+            async with receiver:
+                await receiver.wait_ready(WAIT)
+                assert calls == [("prompt", "w1", {"p": "1"})]
+                calls.clear()
+                await c.put("w2", "tool", "t", "2")          # one type, one workspace
+                await c.put("w1", "other", "o", "3")         # nobody's type
+                await c.put("__template__", "prompt", "x", "4")  # reserved: not named
+                await c.delete("w1", "prompt", "p")          # emptied: {}
+                await eventually(lambda: receiver.version == 5, WAIT, what="version 5")
+                assert calls == [("tool", "w2", {"t": "2"}), ("prompt", "w1", {})]
+                assert receiver.full_fetches == 1
+
+    async def test_receiver_refetches_everything_after_a_missed_push(self, cp: ControlPlane) -> None:
+        svc = await cp.start_config()
+        seen: dict[str, dict[str, str]] = {}
+        async with ConfigClient(cp.backend(), timeout=WAIT) as c, \
+                ConfigReceiver(cp.backend(), name="gap", resync_interval=3600) as receiver:
+            receiver.on("prompt", lambda ws, values, version: seen.__setitem__(ws, values))
+            await receiver.wait_ready(WAIT)
+            # A write whose push is lost: straight into the store.
+            await svc.store.write("w", [("prompt", "lost", "1")], [])
+            await c.put("w", "prompt", "next", "2")
+            await eventually(lambda: seen.get("w") == {"lost": "1", "next": "2"}, WAIT,
+                             what="the missed write to be fetched")
+            assert receiver.full_fetches == 2 and receiver.version == 2
+
+    async def test_a_late_config_service_is_waited_for(self, cp: ControlPlane) -> None:
+        receiver = ConfigReceiver(cp.backend(), name="late", resync_interval=3600)
+        receiver.client.timeout = 2.0
+        seen: list[dict[str, str]] = []
+        receiver.on("t", lambda ws, values, version: seen.append(values))
+        async with receiver:
+            await asyncio.sleep(3)
+            assert not receiver.ready.is_set()
+            svc = await cp.start_config()
+            await svc.store.write("w", [("t", "k", "1")], [])
+            await receiver.wait_ready(WAIT)
+            assert seen == [{"k": "1"}]
+
+    async def test_fifty_concurrent_clients_lose_no_update(self, cp: ControlPlane) -> None:
+        await cp.start_config()
+        backends = [cp.backend(), cp.backend()]
+        clients = [ConfigClient(backends[i % 2], timeout=WAIT) for i in range(50)]
+        await asyncio.gather(*(c.start() for c in clients))
+        try:
+            async def writer(i: int, c: ConfigClient) -> list[int]:
+                return [await c.put("w", "t", f"{i}-{j}", str(j)) for j in range(4)]
+
+            versions = [v for vs in await asyncio.gather(
+                *(writer(i, c) for i, c in enumerate(clients))) for v in vs]
+            assert sorted(versions) == list(range(1, 201))
+            assert len(await clients[0].keys("w", "t")) == 200
+        finally:
+            await asyncio.gather(*(c.stop() for c in clients))
+
+    # -- flows ----------------------------------------------------------------
+
+    async def test_flow_end_to_end_with_the_chunker(self, cp: ControlPlane) -> None:
+        await cp.start_config()
+        await cp.start_flow()
+        chunker = await cp.start(Chunker(backend=cp.backend()))
+        backend = cp.backend()
+        request_t, response_t = chunk_topics("ws1", "f1")
+        async with FlowClient(backend, timeout=WAIT) as flows, \
+                ConfigClient(backend, timeout=WAIT) as config:
+            await config.put("ws1", "parameter-type", "chunk-size", CHUNK_SIZE_TYPE)
+            await config.put("ws1", "parameter-type", "chunk-overlap", '{"type": "integer"}')
+            await flows.put_blueprint("ws1", "chunks", chunk_blueprint())
+            with pytest.raises(ServiceError) as err:
+                await flows.put_blueprint("ws1", "bad", {"flow": {"nocolon": {}}})
+            assert err.value.type == "bad-blueprint" and "nocolon" in err.value.detail
+            with pytest.raises(ServiceError) as err:
+                await flows.start_flow("ws1", "f1", "missing")
+            assert err.value.type == "not-found"
+            await flows.start_flow("ws1", "f1", "chunks", parameters={"chunk-size": "3"})
+            with pytest.raises(ServiceError) as err:
+                await flows.start_flow("ws1", "f1", "chunks")
+            assert err.value.type == "exists"
+            record = await flows.get_flow("ws1", "f1")
+            assert record["parameters"] == {"chunk-size": "3", "chunk-overlap": "0"}
+            assert record["status"] == "running"
+            assert await flows.list_flows("ws1") == ["f1"]
+            caps = backend.capabilities
+            if caps.queue_lifecycle:
+                assert await backend.queue_exists(request_t, "chunker")
+            await eventually(lambda: ("ws1", "f1") in chunker.flows, WAIT, what="chunker flow")
+            async with RequestResponse(backend, request_t, TextChunkRequest,
+                                       response_t, TextChunkResponse) as rr:
+                reply = await rr.request(TextChunkRequest("hello world"), timeout=WAIT)
+                assert reply.chunks == ["hel", "lo ", "wor", "ld"]
+                reply = await rr.request(TextChunkRequest("abc", chunk_size=2, chunk_overlap=2),
+                                         timeout=WAIT)
+                assert reply.error is not None and "overlap" in reply.error.message
+            with pytest.raises(ServiceError) as err:
+                await flows.delete_blueprint("ws1", "chunks")
+            assert err.value.type == "in-use" and "f1" in err.value.detail
+            await flows.stop_flow("ws1", "f1")
+            assert await flows.list_flows("ws1") == []
+            assert await config.keys("ws1", "processor:chunker") == []
+            assert ("ws1", "f1") not in chunker.flows
+            if caps.queue_lifecycle:
+                assert not await backend.queue_exists(request_t, "chunker")
+            await flows.delete_blueprint("ws1", "chunks")
+            assert await flows.list_blueprints("ws1") == []
+
+    async def test_a_changed_definition_restarts_the_flow(self, cp: ControlPlane) -> None:
+        await cp.start_config()
+        chunker = await cp.start(Chunker(backend=cp.backend()))
+        request_t, response_t = chunk_topics("ws", "f")
+        entry = {"topics": {"request": request_t, "response": response_t},
+                 "parameters": {"chunk-size": "2"}}
+        async with ConfigClient(cp.backend(), timeout=WAIT) as config, \
+                RequestResponse(cp.backend(), request_t, TextChunkRequest,
+                                response_t, TextChunkResponse) as rr:
+            await chunker.receiver.wait_ready(WAIT)  # type: ignore[union-attr]
+            await config.put("ws", "processor:chunker", "f", json.dumps(entry))
+            await eventually(lambda: ("ws", "f") in chunker.flows, WAIT)
+            assert (await rr.request(TextChunkRequest("abcd"), timeout=WAIT)).chunks == ["ab", "cd"]
+            entry["parameters"] = {"chunk-size": "3"}
+            await config.put("ws", "processor:chunker", "f", json.dumps(entry))
+            await eventually(
+                lambda: chunker.flows.get(("ws", "f")) is not None
+                and chunker.flows[("ws", "f")].parameters == {"chunk-size": "3"}, WAIT)
+            assert (await rr.request(TextChunkRequest("abcd"), timeout=WAIT)).chunks == ["abc", "d"]
+
+    async def test_twenty_processors_one_write_one_push_own_types_only(self, cp: ControlPlane) -> None:
+        svc = await cp.start_config()
+        await cp.start_flow()
+        shared = cp.backend()
+        probes = await asyncio.gather(
+            *(cp.start(Probe(backend=shared, id=f"p{i:02}")) for i in range(20))
+        )
+        await asyncio.gather(*(p.receiver.wait_ready(WAIT) for p in probes))
+        blueprint = {
+            "description": "twenty stages",
+            "flow": {
+                f"p{i:02}:{{id}}": {"topics": {
+                    "input": f"q1/tg/flow/stage{i:02}.{{workspace}}.{{id}}",
+                    "output": f"q1/tg/flow/stage{i + 1:02}.{{workspace}}.{{id}}"}}
+                for i in range(20)
+            },
+        }
+        pushes: list[ConfigPush] = []
+
+        async def on_push(msg: Message) -> None:
+            pushes.append(msg.value())
+
+        async with FlowClient(cp.backend(), timeout=WAIT) as flows:
+            await flows.put_blueprint("w", "twenty", blueprint)
+            async with Consumer(cp.backend(), config_push_queue, f"count-{uuid.uuid4().hex[:8]}",
+                                ConfigPush, on_push, ephemeral=True):
+                before_pushes = svc.pushes
+                before = svc.requests.copy()
+                await flows.start_flow("w", "big", "twenty")
+                await eventually(lambda: all(("w", "big") in p.flows for p in probes), WAIT,
+                                 what="all twenty processors running the flow")
+                await asyncio.sleep(1.0)
+                assert svc.pushes - before_pushes == 1
+                assert len(pushes) == 1 and sorted(pushes[0].changes) == sorted(
+                    ["flow"] + [f"processor:p{i:02}" for i in range(20)])
+                fetched = svc.requests - before
+                by_processors = {k: n for k, n in fetched.items() if k[1].startswith("processor:")}
+                assert by_processors == {("getvalues", f"processor:p{i:02}"): 1 for i in range(20)}
+                assert fetched[("config", "")] == 0
+                # Messages flow through the stages.
+                async with Producer(cp.backend(), "q1/tg/flow/stage05.w.big", None) as prod:
+                    await prod.send(b"x")
+                await eventually(lambda: probes[5].handled == 1, WAIT)
+                await flows.stop_flow("w", "big")
+                await eventually(lambda: not any(p.flows for p in probes), WAIT)
+
+    async def test_a_shared_queue_outlives_the_first_of_its_flows(self, cp: ControlPlane) -> None:
+        await cp.start_config()
+        await cp.start_flow()
+        backend = cp.backend()
+        shared_t = f"q1/tg/flow/shared-{uuid.uuid4().hex[:8]}"
+        blueprint = {"flow": {"worker:{id}": {"topics": {"input": shared_t}}}}
+        async with FlowClient(backend, timeout=WAIT) as flows:
+            await flows.put_blueprint("w", "shared", blueprint)
+            await flows.start_flow("w", "a", "shared")
+            await flows.start_flow("w", "b", "shared")
+            await flows.stop_flow("w", "a")
+            if backend.capabilities.queue_lifecycle:
+                assert await backend.queue_exists(shared_t, "worker")
+            await flows.stop_flow("w", "b")
+            if backend.capabilities.queue_lifecycle:
+                assert not await backend.queue_exists(shared_t, "worker")
+
+    async def test_flow_requests_that_cannot_be_served(self, cp: ControlPlane) -> None:
+        await cp.start_config()
+        await cp.start_flow()
+        backend = cp.backend()
+        async with FlowClient(backend, timeout=WAIT) as flows, \
+                ConfigClient(backend, timeout=WAIT) as config:
+            await config.put("w", "parameter-type", "chunk-size", CHUNK_SIZE_TYPE)
+            await flows.put_blueprint("w", "chunks", chunk_blueprint())
+            for args, kwargs, etype, words in [
+                (("w", "f", "chunks"), {"parameters": {"chunk-size": "0"}}, "bad-request", "minimum"),
+                (("w", "f", "chunks"), {"parameters": {"nope": "1"}}, "bad-request", "nope"),
+                (("w", "bad id", "chunks"), {}, "bad-request", "flow id"),
+                (("__system__", "f", "chunks"), {}, "bad-request", "reserved"),
+            ]:
+                with pytest.raises(ServiceError) as err:
+                    await flows.start_flow(*args, **kwargs)
+                assert err.value.type == etype and words in err.value.detail, err.value
+            with pytest.raises(ServiceError) as err:
+                await flows.stop_flow("w", "never-started")
+            assert err.value.type == "not-found"
+            with pytest.raises(ServiceError) as err:
+                await flows.call(FlowRequest("fly"))
+            assert err.value.type == "bad-operation"
+
+    async def test_no_reply_is_a_timeout(self, cp: ControlPlane) -> None:
+        async with ConfigClient(cp.backend(), timeout=1.0) as c:
+            with pytest.raises(PubSubTimeoutError):
+                await c.get("w", "t", "k")
