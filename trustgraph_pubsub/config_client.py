@@ -59,6 +59,9 @@ class ConfigClient(ServiceClient[ConfigRequest, ConfigResponse]):
         #: the newest store version an answer carried
         self.version = 0
 
+    def ping_request(self) -> ConfigRequest:
+        return ConfigRequest(operation="list", workspace="__system__", type="ping")
+
     def merge(self, into: ConfigResponse, part: ConfigResponse) -> None:
         if part.values:
             into.values = (into.values or []) + part.values

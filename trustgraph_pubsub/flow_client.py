@@ -46,6 +46,9 @@ class FlowClient(ServiceClient[FlowRequest, FlowResponse]):
             timeout=timeout, metrics=metrics,
         )
 
+    def ping_request(self) -> FlowRequest:
+        return FlowRequest("list-blueprints", workspace="__system__")
+
     async def list_blueprints(self, workspace: str) -> list[str]:
         r = await self.call(FlowRequest("list-blueprints", workspace=workspace))
         return list(r.blueprint_names or [])

@@ -92,7 +92,8 @@ class AsyncProcessor:
         if not isinstance(ident, str):
             raise ConfigurationError(f"--id must be a string, got {type(ident).__name__}")
         self.id: str = ident
-        self.concurrency = _positive_int("--concurrency", params.get("concurrency") or 1)
+        concurrency = params.get("concurrency")
+        self.concurrency = _positive_int("--concurrency", 1 if concurrency is None else concurrency)
         port = params.get("metrics_port")
         self.metrics_port: int | None = None
         if port not in (None, "", 0, "0"):

@@ -14,11 +14,13 @@ behind on the broker.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from .backend import PubSubBackend
-from .errors import ServiceError
+from .errors import PubSubTimeoutError, ServiceError
 from .metrics import Metrics
 from .request_response import RequestResponse
 
@@ -72,6 +74,35 @@ class ServiceClient(Generic[Req, Resp]):
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+    def ping_request(self) -> Req:
+        """A cheap request that any running instance of the service answers."""
+        raise NotImplementedError(f"{type(self).__name__} has no ping request")
+
+    async def wait_until_up(self, within: float = 60.0, *, attempt: float = 2.0) -> float:
+        """Ping until the service answers; the seconds it took.
+
+        A request published before any instance of the service subscribed
+        can be lost on brokers whose queues appear on first subscription
+        (MQTT, Pulsar and Kafka without a pre-created queue), so a caller
+        that starts together with the service waits here first.  Raises
+        ``PubSubTimeoutError`` after ``within`` seconds.  An ``Error``
+        answer counts as an answer: the service is up.
+        """
+        began = time.monotonic()
+        deadline = began + within
+        while True:
+            try:
+                await self.call(self.ping_request(), timeout=min(attempt, within))
+                return time.monotonic() - began
+            except ServiceError:
+                return time.monotonic() - began
+            except PubSubTimeoutError:
+                if time.monotonic() >= deadline:
+                    raise PubSubTimeoutError(
+                        f"the {self.service} did not answer within {within}s"
+                    ) from None
+            await asyncio.sleep(0)
 
     def merge(self, into: Resp, part: Resp) -> None:
         """Fold a later part of a streamed answer into the first.  Subclasses say how."""
