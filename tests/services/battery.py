@@ -18,11 +18,19 @@ from typing import Any, ClassVar
 
 import pytest
 
-from bootstrap.config_service import ConfigService, SqliteStore
+from bootstrap.config_service import ConfigService, PostgresStore, SqliteStore
 from bootstrap.flow_service import FlowService
 from bootstrap.processors.chunker import Chunker
 from tests.brokers import Broker
-from tests.services.helpers import CHUNK_SIZE_TYPE, chunk_blueprint, chunk_topics, eventually
+from tests.services.helpers import (
+    CHUNK_SIZE_TYPE,
+    PG_DSN,
+    chunk_blueprint,
+    chunk_topics,
+    drop_schema,
+    eventually,
+    pg_schema,
+)
 from trustgraph_pubsub import (
     Consumer,
     Message,
@@ -86,10 +94,12 @@ class ControlPlane:
         return self.flow_svc
 
     async def close(self) -> None:
-        for proc in reversed(self.running):
+        running, self.running = self.running, []
+        backends, self.backends = self.backends, []
+        for proc in reversed(running):
             with contextlib.suppress(Exception):
                 await proc.stop()
-        for b in self.backends:
+        for b in backends:
             with contextlib.suppress(Exception):
                 await b.close()
 
@@ -258,8 +268,16 @@ class ControlPlaneBattery:
             await receiver.wait_ready(WAIT)
             assert seen == [{"k": "1"}]
 
-    async def test_fifty_concurrent_clients_lose_no_update(self, cp: ControlPlane) -> None:
-        await cp.start_config()
+    @pytest.mark.parametrize("store", ["sqlite", "postgres", "postgres-two-replicas"])
+    async def test_fifty_concurrent_clients_lose_no_update(self, cp: ControlPlane, store: str) -> None:
+        schema = None
+        if store == "sqlite":
+            await cp.start_config()
+        else:
+            schema = await pg_schema()
+            for _ in range(2 if store == "postgres-two-replicas" else 1):
+                await cp.start_config(store=PostgresStore(PG_DSN, schema=schema, pool_size=5))
+        replicas = [p for p in cp.running if isinstance(p, ConfigService)]
         backends = [cp.backend(), cp.backend()]
         clients = [ConfigClient(backends[i % 2], timeout=WAIT) for i in range(50)]
         await asyncio.gather(*(c.start() for c in clients))
@@ -271,8 +289,14 @@ class ControlPlaneBattery:
                 *(writer(i, c) for i, c in enumerate(clients))) for v in vs]
             assert sorted(versions) == list(range(1, 201))
             assert len(await clients[0].keys("w", "t")) == 200
+            if len(replicas) == 2:
+                served = [sum(r.requests.values()) for r in replicas]
+                assert all(served), f"both replicas serve requests: {served}"
         finally:
             await asyncio.gather(*(c.stop() for c in clients))
+            if schema is not None:
+                await cp.close()
+                await drop_schema(schema)
 
     # -- flows ----------------------------------------------------------------
 
