@@ -41,7 +41,6 @@ import string
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from types import TracebackType
 from typing import Any
 
 from trustgraph_schema.services.config import ConfigPush, config_push_queue
@@ -50,6 +49,7 @@ from .backend import Message, PubSubBackend
 from .config_client import ConfigClient
 from .consumer import Consumer
 from .errors import PubSubError
+from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .retry import Backoff
 
@@ -69,7 +69,7 @@ def is_reserved(workspace: str) -> bool:
     return workspace.startswith("_")
 
 
-class ConfigReceiver:
+class ConfigReceiver(Lifecycle):
     """Calls handlers with the current values of their config types, kept current."""
 
     def __init__(
@@ -139,17 +139,6 @@ class ConfigReceiver:
         if self._own_client:
             await self.client.stop()
 
-    async def __aenter__(self) -> ConfigReceiver:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def _on_push(self, msg: Message) -> None:
         self._pushes.put_nowait(msg.value())

@@ -63,7 +63,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator
-from types import CoroutineType, TracebackType
+from types import CoroutineType
 from typing import Any, cast
 
 from . import naming
@@ -76,6 +76,7 @@ from .errors import (
     PubSubError,
     PubSubTimeoutError,
 )
+from .lifecycle import Lifecycle
 from .metrics import Metrics, default_metrics
 from .producer import Producer
 from .retry import Backoff, retry
@@ -154,7 +155,7 @@ class _Worker:
         self.task: asyncio.Task[None] | None = None
 
 
-class Consumer:
+class Consumer(Lifecycle):
     """Run ``handler`` on every message of ``subscription`` on ``topic``.
 
     ``dead_letter_topic`` defaults to ``naming.dead_letter_topic(topic)``
@@ -366,17 +367,6 @@ class Consumer:
             await asyncio.shield(self.stop())
             raise
 
-    async def __aenter__(self) -> Consumer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     @property
     def running(self) -> bool:

@@ -44,12 +44,12 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from types import TracebackType
 from typing import Any, ClassVar
 
 from .backend import PubSubBackend
 from .errors import ConfigurationError
 from .factory import add_pubsub_args, get_pubsub
+from .lifecycle import Lifecycle
 from .metrics import Metrics, default_metrics
 from .retry import Backoff
 
@@ -79,7 +79,7 @@ def _positive_int(flag: str, value: Any) -> int:
     return n
 
 
-class AsyncProcessor:
+class AsyncProcessor(Lifecycle):
     """Base class of a service; subclasses override ``on_start``/``on_stop``
     and, for their own flags, ``add_args`` (calling ``super().add_args``)."""
 
@@ -237,17 +237,6 @@ class AsyncProcessor:
         finally:
             await asyncio.shield(self.stop())
 
-    async def __aenter__(self) -> AsyncProcessor:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     # -- supervision -------------------------------------------------------------
 

@@ -39,12 +39,12 @@ import itertools
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
-from types import TracebackType
 from typing import Any
 
 from .backend import Message, PubSubBackend
 from .consumer import Consumer
 from .errors import ClosedError, PubSubTimeoutError
+from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .producer import Producer
 from .subscriber import Subscriber
@@ -64,7 +64,7 @@ def default_is_final(value: Any, properties: Mapping[str, str]) -> bool:
     return properties.get(FINAL) == "true" or getattr(value, "end_of_stream", False) is True
 
 
-class RequestResponse:
+class RequestResponse(Lifecycle):
     """The caller side: ``request`` for one reply, ``request_stream`` for many."""
 
     def __init__(
@@ -118,17 +118,6 @@ class RequestResponse:
         finally:
             await self._subscriber.stop(unsubscribe=self._own_subscription)
 
-    async def __aenter__(self) -> RequestResponse:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     def _check(self) -> None:
         if not self._started or self._stopped:
@@ -221,7 +210,7 @@ class RequestResponse:
         )
 
 
-class Responder:
+class Responder(Lifecycle):
     """The service side: ``handler(request, properties)`` answers each request.
 
     ``request_schema=None`` hands the handler the raw bytes (a service that
@@ -310,17 +299,6 @@ class Responder:
         finally:
             await self._producer.close()
 
-    async def __aenter__(self) -> Responder:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     def __repr__(self) -> str:
         return f"<Responder request={self.request_topic!r} response={self.response_topic!r}>"

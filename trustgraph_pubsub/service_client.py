@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from .backend import PubSubBackend
 from .errors import PubSubTimeoutError, ServiceError
+from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .request_response import RequestResponse
 
@@ -30,7 +30,7 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
 
-class ServiceClient(Generic[Req, Resp]):
+class ServiceClient(Lifecycle, Generic[Req, Resp]):
     """Requests of ``request_schema`` to a service, merged responses back."""
 
     #: who answers, for error messages
@@ -63,17 +63,6 @@ class ServiceClient(Generic[Req, Resp]):
         """Release the reply subscription; idempotent."""
         await self._rr.stop()
 
-    async def __aenter__(self: Any) -> Any:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     def ping_request(self) -> Req:
         """A cheap request that any running instance of the service answers."""

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from types import TracebackType
 from typing import Any
 
 from .backend import Message, PubSubBackend
 from .consumer import Consumer
+from .lifecycle import Lifecycle
 from .metrics import Metrics, default_metrics
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ __all__ = ["Subscriber"]
 _CONCURRENCY = 32
 
 
-class Subscriber:
+class Subscriber(Lifecycle):
     """Route messages on ``topic`` to per-key queues."""
 
     def __init__(
@@ -114,17 +114,6 @@ class Subscriber:
         """Stop; ``unsubscribe=True`` also deletes the subscription."""
         await self._consumer.stop(unsubscribe=unsubscribe)
 
-    async def __aenter__(self) -> Subscriber:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     def __repr__(self) -> str:
         return (
