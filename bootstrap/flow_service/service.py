@@ -452,6 +452,7 @@ class FlowService(OperationService):
         while todo is None or todo:
             try:
                 if todo is None:
+                    await self._config.wait_until_up(self.config_timeout)
                     by_ws = await self._config.values_all_workspaces(FLOW)
                     todo = {(ws, fid): _record(text)
                             for ws, flows in by_ws.items() for fid, text in flows.items()}

@@ -18,7 +18,9 @@ from typing import Any, ClassVar
 
 import pytest
 
+from bootstrap.bootstrapper import Bootstrapper
 from bootstrap.config_service import ConfigService, PostgresStore, SqliteStore
+from bootstrap.dev import DEFAULT_INITIALISERS
 from bootstrap.flow_service import FlowService
 from bootstrap.processors.chunker import Chunker
 from tests.brokers import Broker
@@ -31,6 +33,7 @@ from tests.services.helpers import (
     eventually,
     pg_schema,
 )
+from tests.services.initialisers import RUNS
 from trustgraph_pubsub import (
     Consumer,
     Message,
@@ -56,6 +59,7 @@ from trustgraph_schema import (
     config_response_queue,
 )
 
+COUNTING = "tests.services.initialisers.Counting"
 #: Generous: Kafka (tansu) takes about 5 s for each new consumer group's first join.
 WAIT = 60.0
 
@@ -459,3 +463,74 @@ class ControlPlaneBattery:
         async with ConfigClient(cp.backend(), timeout=1.0) as c:
             with pytest.raises(PubSubTimeoutError):
                 await c.get("w", "t", "k")
+
+    # -- the bootstrapper -------------------------------------------------------
+
+    def bootstrapper(self, cp: ControlPlane, **params: Any) -> Bootstrapper:
+        params.setdefault("gate_interval", 0.3)
+        params.setdefault("converge_interval", 0.3)
+        params.setdefault("service_timeout", 2.0)
+        return Bootstrapper(backend=cp.backend(), **params)
+
+    async def test_bootstrap_converges_from_empty(self, cp: ControlPlane) -> None:
+        await cp.start_config()
+        await cp.start_flow()
+        chunker = await cp.start(Chunker(backend=cp.backend()))
+        boot = await cp.start(self.bootstrapper(cp, initialisers_file=str(DEFAULT_INITIALISERS)))
+        await asyncio.wait_for(boot.converged.wait(), WAIT)
+        backend = cp.backend()
+        async with ConfigClient(backend, timeout=WAIT) as config:
+            state = await config.values("__system__", "init-state")
+            assert {k: json.loads(v) for k, v in state.items()} == {
+                "queues": "v1", "template": "v1", "workspace-default": "v1", "default-flow": "v1"}
+            assert "chunks" in (await config.get_all("__template__"))["flow-blueprint"]
+            assert await config.keys("default", "flow") == ["default"]
+            assert await config.keys("__workspaces__", "workspace") == ["default"]
+        await eventually(lambda: ("default", "default") in chunker.flows, WAIT)
+        request_t, response_t = chunk_topics("default", "default")
+        async with RequestResponse(backend, request_t, TextChunkRequest,
+                                   response_t, TextChunkResponse) as rr:
+            reply = await rr.request(TextChunkRequest("abc", chunk_size=2), timeout=WAIT)
+            assert reply.chunks == ["ab", "c"]
+
+    async def test_bootstrap_flags_restarts_and_failures(self, cp: ControlPlane) -> None:
+        await cp.start_config()
+        await cp.start_flow()
+        tag = uuid.uuid4().hex[:8]
+
+        def specs(b_flag: str) -> list[dict[str, Any]]:
+            return [
+                {"class": COUNTING, "name": "a", "flag": "v1", "params": {"label": f"a-{tag}"}},
+                {"class": "tests.services.initialisers.Failing", "name": "f", "flag": "v1"},
+                {"class": COUNTING, "name": "b", "flag": b_flag, "params": {"label": f"b-{tag}"}},
+            ]
+
+        async def run_until(boot: Bootstrapper, what: Any) -> None:
+            await cp.start(boot)
+            await eventually(what, WAIT, what="the bootstrapper's wakes")
+            await boot.stop()
+
+        first = self.bootstrapper(cp, initialisers=specs("v1"))
+        await run_until(first, lambda: first.stored.get("b") == "v1" and first.wakes >= 2)
+        assert RUNS[f"a-{tag}"] == 1 and RUNS[f"b-{tag}"] == 1  # the failing one did not block b
+        assert first.state == "converging" and "f" not in first.stored
+        # A restart does not run completed initialisers again.
+        again = self.bootstrapper(cp, initialisers=specs("v1"))
+        await run_until(again, lambda: again.wakes >= 2)
+        assert RUNS[f"a-{tag}"] == 1 and RUNS[f"b-{tag}"] == 1
+        # Bumping one flag runs exactly that one.
+        bumped = self.bootstrapper(cp, initialisers=specs("v2"))
+        await run_until(bumped, lambda: bumped.stored.get("b") == "v2")
+        assert RUNS[f"a-{tag}"] == 1 and RUNS[f"b-{tag}"] == 2
+
+    async def test_bootstrap_waits_for_a_late_config_service(self, cp: ControlPlane) -> None:
+        tag = uuid.uuid4().hex[:8]
+        boot = await cp.start(self.bootstrapper(cp, initialisers=[
+            {"class": COUNTING, "name": "only", "flag": "v1", "params": {"label": tag}}]))
+        await eventually(lambda: boot.wakes >= 2, WAIT)
+        assert boot.state == "gate" and RUNS[tag] == 0
+        await cp.start_config()
+        await cp.start_flow()
+        boot.wake_now()
+        await asyncio.wait_for(boot.converged.wait(), WAIT)
+        assert RUNS[tag] == 1
