@@ -208,13 +208,14 @@ def _conformance(a: dict[str, Any]) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tg-pubsub", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    # The broker flags, accepted on every leaf command (after its own arguments too).
+    common = argparse.ArgumentParser(add_help=False)
+    add_pubsub_args(common)
+    common.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "WARNING"), type=str.upper)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def command(name: str, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help)
-        add_pubsub_args(p)
-        p.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "WARNING"), type=str.upper)
-        return p
+    def command(name: str, help: str, leaf: bool = True) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, parents=[common] if leaf else [])
 
     from .dev import add_dev_args
 
@@ -232,33 +233,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--earliest", action="store_true", help="start from the oldest retained message")
     p.add_argument("-n", "--count", type=int, default=None, help="stop after N messages")
 
-    p = command("config", "get, put, delete, list or dump config entries")
-    p.add_argument("--timeout", type=float, default=10.0)
+    p = command("config", "get, put, delete, list or dump config entries", leaf=False)
     ops = p.add_subparsers(dest="op", required=True)
     for op, args in (("get", ("workspace", "type", "key")), ("put", ("workspace", "type", "key", "value")),
                      ("delete", ("workspace", "type", "key")), ("list", ("workspace", "type")),
                      ("dump", ("workspace",))):
-        q = ops.add_parser(op)
+        q = ops.add_parser(op, parents=[common])
+        q.add_argument("--timeout", type=float, default=10.0)
         for arg in args:
             q.add_argument(arg)
 
-    p = command("flows", "list, show, start or stop flows")
-    p.add_argument("--timeout", type=float, default=120.0)
+    p = command("flows", "list, show, start or stop flows", leaf=False)
     ops = p.add_subparsers(dest="op", required=True)
-    for op in ("list", "blueprints"):
-        ops.add_parser(op).add_argument("workspace")
-    q = ops.add_parser("show")
-    q.add_argument("workspace")
-    q.add_argument("flow_id")
-    q = ops.add_parser("start")
-    q.add_argument("workspace")
-    q.add_argument("flow_id")
-    q.add_argument("blueprint")
-    q.add_argument("--description", default="")
-    q.add_argument("--param", action="append", help="a parameter name=value")
-    q = ops.add_parser("stop")
-    q.add_argument("workspace")
-    q.add_argument("flow_id")
+    for op, args in (("list", ("workspace",)), ("blueprints", ("workspace",)),
+                     ("show", ("workspace", "flow_id")), ("stop", ("workspace", "flow_id")),
+                     ("start", ("workspace", "flow_id", "blueprint"))):
+        q = ops.add_parser(op, parents=[common])
+        q.add_argument("--timeout", type=float, default=120.0)
+        for arg in args:
+            q.add_argument(arg)
+        if op == "start":
+            q.add_argument("--description", default="")
+            q.add_argument("--param", action="append", help="a parameter name=value")
 
     p = command("conformance", "run the conformance battery against the broker the flags name")
     p.add_argument("-k", default=None, help="only cases matching this pytest expression")

@@ -15,8 +15,9 @@ a response whose ``error`` names the problem:
 Nothing an operation raises reaches the consumer, so a bad request is never
 redelivered and never loops; the service keeps serving.
 
-Replicas of one service share one subscription (``subscription``), so each
-request is served by one of them.
+Replicas of one service share one subscription (the class's
+``subscription``, or the ``subscription`` parameter), so each request is
+served by one of them.
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ class OperationService(AsyncProcessor):
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
+        if params.get("subscription"):
+            self.subscription = str(params["subscription"])  # type: ignore[misc]
         self._responder: Responder | None = None
         self.operations: dict[str, Callable[[Any], Awaitable[Any]]] = {}
 
