@@ -28,11 +28,11 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Mapping
-from types import TracebackType
 from typing import Any
 
 from .backend import BackendProducer, PubSubBackend, encode_payload
 from .errors import BrokerConnectionError, ClosedError, DeliveryError, Outgoing, PubSubError
+from .lifecycle import Lifecycle
 from .metrics import Metrics, default_metrics
 from .retry import Backoff, retry
 
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 __all__ = ["Producer"]
 
 
-class Producer:
+class Producer(Lifecycle):
     """Send messages of ``schema`` (None: raw bytes) to ``topic``.
 
     ``opts`` go to ``backend.create_producer`` (for example
@@ -270,16 +270,8 @@ class Producer:
         if failure is not None:
             raise failure
 
-    async def __aenter__(self) -> Producer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def stop(self) -> None:
+        """``close``: the name ``Lifecycle`` (and ``async with``) uses."""
         await self.close()
 
     def __repr__(self) -> str:

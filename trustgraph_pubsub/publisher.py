@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from types import TracebackType
 from typing import Any
 
 from .backend import PubSubBackend, check_properties, encode_payload
@@ -42,6 +41,7 @@ from .errors import (
     PubSubError,
     PubSubTimeoutError,
 )
+from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .producer import Producer
 from .retry import Backoff
@@ -53,7 +53,7 @@ __all__ = ["Publisher"]
 _Item = tuple[bytes, dict[str, str], str | None]
 
 
-class Publisher:
+class Publisher(Lifecycle):
     """Publish ``schema`` messages (None: bytes) to ``topic`` from a background task."""
 
     def __init__(
@@ -214,16 +214,8 @@ class Publisher:
             self._refuse(exc, len(exc.unconfirmed))
         self._report()
 
-    async def __aenter__(self) -> Publisher:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def stop(self) -> None:
+        """``close``: the name ``Lifecycle`` (and ``async with``) uses."""
         await self.close()
 
     def __repr__(self) -> str:

@@ -18,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import time
 from typing import Any, ClassVar
 
+from bootstrap.embedded import free_port as free_port  # re-exported for the fixtures
+from bootstrap.embedded import port_open as port_open
 from trustgraph_pubsub import PubSubBackend, get_pubsub
 
 # Quirk names shared by the fixtures and the tests that check for them.
@@ -42,21 +43,6 @@ class BrokerUnavailable(Exception):
 
 def require_brokers() -> bool:
     return os.environ.get("TG_REQUIRE_BROKERS", "") not in ("", "0", "false", "no")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def wait_for_port(host: str, port: int, timeout: float = 30.0) -> bool:
