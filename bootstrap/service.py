@@ -68,6 +68,9 @@ class OperationService(AsyncProcessor):
     response_schema: ClassVar[type[Any]]
     #: the shared subscription of all replicas
     subscription: ClassVar[str]
+    #: requests served at once: a slow one (a flow stop waiting for its
+    #: processors) must not hold up the rest
+    default_concurrency: ClassVar[int] = 16
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)

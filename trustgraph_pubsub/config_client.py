@@ -151,6 +151,23 @@ class ConfigClient(ServiceClient[ConfigRequest, ConfigResponse]):
         ))
         return _version(r)
 
+    async def write(
+        self,
+        puts: Iterable[tuple[str, str, str, str]],
+        deletes: Iterable[tuple[str, str, str]] = (),
+    ) -> int:
+        """Put ``(workspace, type, key, value)`` and delete ``(workspace, type, key)``
+        entries of any workspaces in one write (one version, at most one push).
+        The new version."""
+        values = [ConfigValue(t, k, v, workspace=w) for w, t, k, v in puts]
+        keys = [ConfigKey(t, k, workspace=w) for w, t, k in deletes]
+        first = (values[0].workspace if values else keys[0].workspace if keys else None)
+        if first is None:
+            raise ValueError("write needs at least one entry to put or delete")
+        r = await self.call(ConfigRequest(operation="put", workspace=first, values=values or None,
+                                          keys=keys or None))
+        return _version(r)
+
     async def delete(self, workspace: str, type: str, key: str) -> int:
         """Delete one entry (missing is not an error); the new version."""
         return await self.delete_many(workspace, [(type, key)])

@@ -14,14 +14,15 @@ handlers of a push's changed types are called, once per changed workspace,
 after fetching just that type in just that workspace.  A failing handler is
 logged and does not stop the others (the next resync calls it again).
 
-Every write to the config service is one version and one push, so versions
-arrive one by one:
+Every push names the version of the push before it (``previous``; writes
+that touch only reserved workspaces take versions but are not pushed), so:
 
 * a push whose version is not newer than what was applied is ignored;
-* a push exactly one newer is applied as above;
-* a gap (a push was missed), a failed fetch, or ``resync_interval`` seconds
-  without a full fetch (a long silence, or anything else missed) triggers a
-  full fetch of every registered type, which calls every handler.
+* a push whose ``previous`` was applied is applied as above;
+* a push whose ``previous`` was not applied (a push was missed), a failed
+  fetch, or ``resync_interval`` seconds without a full fetch (a long
+  silence, or anything else missed) triggers a full fetch of every
+  registered type, which calls every handler.
 
 After a full fetch the receiver's ``version`` is the oldest snapshot among
 the answers, so a push between two of them is applied again rather than
@@ -185,9 +186,9 @@ class ConfigReceiver(Lifecycle):
                 continue
             if push.version <= self.version:
                 continue
-            if push.version > self.version + 1:
-                log.info("config versions %d..%d were missed; fetching everything",
-                         self.version + 1, push.version - 1)
+            if push.previous > self.version:
+                log.info("config push %d was missed (now at %d, have %d); fetching everything",
+                         push.previous, push.version, self.version)
                 need_full = True
                 continue
             try:

@@ -85,6 +85,8 @@ class AsyncProcessor(Lifecycle):
 
     #: the ``--id`` a processor gets when none is given.
     default_ident: ClassVar[str] = "processor"
+    #: the ``--concurrency`` it gets when none is given.
+    default_concurrency: ClassVar[int] = 1
 
     def __init__(self, **params: Any) -> None:
         self.params: dict[str, Any] = params
@@ -93,7 +95,9 @@ class AsyncProcessor(Lifecycle):
             raise ConfigurationError(f"--id must be a string, got {type(ident).__name__}")
         self.id: str = ident
         concurrency = params.get("concurrency")
-        self.concurrency = _positive_int("--concurrency", 1 if concurrency is None else concurrency)
+        self.concurrency = _positive_int(
+            "--concurrency", self.default_concurrency if concurrency is None else concurrency
+        )
         port = params.get("metrics_port")
         self.metrics_port: int | None = None
         if port not in (None, "", 0, "0"):
@@ -120,8 +124,8 @@ class AsyncProcessor(Lifecycle):
             help=f"this processor's identity (env PROCESSOR_ID, default {cls.default_ident})",
         )
         parser.add_argument(
-            "--concurrency", type=int, default=env_default("CONCURRENCY", 1),
-            help="handlers run at once per consumer (env CONCURRENCY, default 1)",
+            "--concurrency", type=int, default=env_default("CONCURRENCY", cls.default_concurrency),
+            help=f"handlers run at once per consumer (env CONCURRENCY, default {cls.default_concurrency})",
         )
         parser.add_argument(
             "--metrics-port", type=int, default=env_default("METRICS_PORT"),

@@ -24,7 +24,16 @@ from typing import Any
 
 from trustgraph_pubsub.redact import redact_conninfo
 
-from .store import SQL_BUMP, SQL_SCHEMA, SQL_VERSION, Query, Row, SqlStore
+from .store import (
+    SQL_BUMP,
+    SQL_BUMP_PUSH,
+    SQL_SCHEMA,
+    SQL_VERSION,
+    VERSION_TABLE,
+    Query,
+    Row,
+    SqlStore,
+)
 
 __all__ = ["PostgresStore", "StoreUnavailable"]
 
@@ -108,6 +117,11 @@ class PostgresStore(SqlStore):
                 await conn.execute(f'SET LOCAL search_path TO "{self.schema}"')
                 for statement in SQL_SCHEMA:
                     await conn.execute(statement)
+                for column in ("pushed", "prev_pushed"):  # a database made before they existed
+                    await conn.execute(
+                        f"ALTER TABLE {VERSION_TABLE} ADD COLUMN IF NOT EXISTS {column} "
+                        "BIGINT NOT NULL DEFAULT 0"
+                    )
         finally:
             await conn.close()
 
@@ -136,17 +150,17 @@ class PostgresStore(SqlStore):
             raise StoreUnavailable(f"PostgreSQL at {self.dsn}: {type(exc).__name__}") from exc
         return version, results
 
-    async def _write(self, statements: list[Query]) -> int:
+    async def _write(self, statements: list[Query], push: bool) -> tuple[int, int]:
         pool = self._check()
         try:
             async with pool.connection() as conn, conn.transaction():
-                cur = await conn.execute(SQL_BUMP)
-                version = int((await cur.fetchone())[0])
+                cur = await conn.execute(SQL_BUMP_PUSH if push else SQL_BUMP)
+                row = await cur.fetchone()
                 for sql, params in statements:
                     await conn.execute(_pg(sql), params)
         except self._errors as exc:
             raise StoreUnavailable(f"PostgreSQL at {self.dsn}: {type(exc).__name__}") from exc
-        return version
+        return int(row[0]), int(row[1])
 
     def __repr__(self) -> str:
         return f"<PostgresStore {self.dsn!r} schema={self.schema!r}>"

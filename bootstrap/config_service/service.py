@@ -18,12 +18,15 @@ Stores ``(workspace, type, key) -> value`` entries (values are JSON text) in a
 =====================  =======================================================
 
 Every answer carries the ``version`` of the snapshot it was read at.  Each
-``put``/``delete`` request is one write: one new version, returned in the
-answer, and one ``ConfigPush`` on the push queue naming the changed types and,
-for each, the changed workspace, unless the workspace is reserved (its id
-starts with ``_``): those writes push an empty ``changes``, so receivers
-still see every version.  Writes and their pushes are serialised within a
-replica, so one replica's pushes leave in version order.
+``put``/``delete`` request is one write (one transaction, even when its
+entries name several workspaces): one new version, returned in the answer,
+and one ``ConfigPush`` on the push queue naming the changed types and, for
+each, the changed workspaces.  Reserved workspaces (ids starting with ``_``)
+are stored and readable but never named, and a write that touched only
+reserved workspaces is not pushed at all (DESIGN: "never broadcast"); each
+push carries the version of the push before it (``previous``), so receivers
+still detect a missed push exactly.  Writes and their pushes are serialised
+within a replica, so one replica's pushes leave in version order.
 
 Answers bigger than ``--max-answer-bytes`` are streamed as several partial
 answers that ``ConfigClient`` merges (CONTROL_PLANE.md hazard 8), and a
@@ -53,6 +56,7 @@ from trustgraph_pubsub.config_receiver import is_reserved
 from trustgraph_pubsub.processor import env_default
 from trustgraph_schema import encode
 from trustgraph_schema.services.config import (
+    ConfigKey,
     ConfigPush,
     ConfigRequest,
     ConfigResponse,
@@ -238,8 +242,9 @@ class ConfigService(OperationService):
         deletes = r.keys or []
         if not values and not deletes:
             raise RequestError("bad-request", "values is required (a put with nothing to write)")
-        puts: list[tuple[str, str, str]] = []
+        puts: list[tuple[str, str, str, str]] = []
         for i, v in enumerate(values):
+            w = _text(v.workspace, f"values[{i}].workspace") if v.workspace is not None else ws
             t, k = _text(v.type, f"values[{i}].type"), _text(v.key, f"values[{i}].key")
             if not isinstance(v.value, str) or "\x00" in v.value:
                 raise RequestError("bad-request", f"values[{i}].value must be text without NUL")
@@ -255,40 +260,53 @@ class ConfigService(OperationService):
                     f"values[{i}].value ({t}/{k}) is over {self.max_answer_bytes} bytes; "
                     "store a reference to large data instead",
                 )
-            puts.append((t, k, v.value))
-        dels = [(_text(k.type, f"keys[{i}].type"), _text(k.key, f"keys[{i}].key"))
-                for i, k in enumerate(deletes)]
-        overlap = {(t, k) for t, k, _ in puts} & set(dels)
+            puts.append((w, t, k, v.value))
+        dels = self._keys(ws, deletes)
+        overlap = {p[:3] for p in puts} & set(dels)
         if overlap:
-            t, k = sorted(overlap)[0]
-            raise RequestError("bad-request", f"{t}/{k} is both put and deleted in one request")
+            w, t, k = sorted(overlap)[0]
+            raise RequestError("bad-request", f"{w}/{t}/{k} is both put and deleted in one request")
         self.requests["put", ""] += 1
-        return await self._write(ws, puts, dels)
+        return await self._write(puts, dels)
 
     async def op_delete(self, r: ConfigRequest) -> Any:
         ws = _text(r.workspace, "workspace")
         keys = require(r.keys, "keys", list)
         if not keys:
             raise RequestError("bad-request", "keys must not be empty")
-        dels = [(_text(k.type, f"keys[{i}].type"), _text(k.key, f"keys[{i}].key"))
-                for i, k in enumerate(keys)]
         self.requests["delete", ""] += 1
-        return await self._write(ws, [], dels)
+        return await self._write([], self._keys(ws, keys))
+
+    @staticmethod
+    def _keys(ws: str, keys: list[ConfigKey]) -> list[tuple[str, str, str]]:
+        return [
+            (_text(k.workspace, f"keys[{i}].workspace") if k.workspace is not None else ws,
+             _text(k.type, f"keys[{i}].type"), _text(k.key, f"keys[{i}].key"))
+            for i, k in enumerate(keys)
+        ]
 
     async def _write(
-        self, ws: str, puts: list[tuple[str, str, str]], dels: list[tuple[str, str]]
+        self, puts: list[tuple[str, str, str, str]], dels: list[tuple[str, str, str]]
     ) -> ConfigResponse:
-        types = sorted({t for t, _, _ in puts} | {t for t, _ in dels})
+        """One transaction; one push naming what changed, unless only reserved workspaces did."""
+        changed: dict[str, set[str]] = {}
+        for w, t, *_ in (*puts, *dels):
+            if not is_reserved(w):
+                changed.setdefault(t, set()).add(w)
         async with self._write_lock:
-            version = await self._store(self.store.write(ws, puts, dels))
-            push = ConfigPush(version, {} if is_reserved(ws) else {t: [ws] for t in types})
-            try:
-                assert self._push is not None
-                await self._push.send(push)
-                self.pushes += 1
-            except PubSubError as exc:
-                # The write stands; receivers notice the gap at the next push or resync.
-                log.error("config version %d written but its push failed: %s", version, exc)
+            version, previous = await self._store(
+                self.store.write_many(list(puts), list(dels), push=bool(changed))
+            )
+            if previous is not None:
+                push = ConfigPush(version, {t: sorted(ws) for t, ws in sorted(changed.items())},
+                                  previous)
+                try:
+                    assert self._push is not None
+                    await self._push.send(push)
+                    self.pushes += 1
+                except PubSubError as exc:
+                    # The write stands; receivers notice at the next push or resync.
+                    log.error("config version %d written but its push failed: %s", version, exc)
         return ConfigResponse(version=version)
 
     # -- answers -------------------------------------------------------------

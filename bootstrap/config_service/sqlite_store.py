@@ -22,7 +22,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .store import SQL_BUMP, SQL_SCHEMA, SQL_VERSION, Query, Row, SqlStore
+from .store import (
+    SQL_BUMP,
+    SQL_BUMP_PUSH,
+    SQL_SCHEMA,
+    SQL_VERSION,
+    VERSION_TABLE,
+    Query,
+    Row,
+    SqlStore,
+)
 
 __all__ = ["SqliteStore"]
 
@@ -67,6 +76,12 @@ class SqliteStore(SqlStore):
         try:
             for statement in SQL_SCHEMA:
                 conn.execute(statement)
+            columns = {row[1] for row in conn.execute(f"PRAGMA table_info({VERSION_TABLE})")}
+            for column in ("pushed", "prev_pushed"):  # a database made before they existed
+                if column not in columns:
+                    conn.execute(
+                        f"ALTER TABLE {VERSION_TABLE} ADD COLUMN {column} BIGINT NOT NULL DEFAULT 0"
+                    )
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -95,18 +110,19 @@ class SqliteStore(SqlStore):
 
         return await self._run(read)
 
-    async def _write(self, statements: list[Query]) -> int:
-        def write(conn: sqlite3.Connection) -> int:
+    async def _write(self, statements: list[Query], push: bool) -> tuple[int, int]:
+        def write(conn: sqlite3.Connection) -> tuple[int, int]:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                version = _one(conn.execute(SQL_BUMP).fetchone())
+                row = conn.execute(SQL_BUMP_PUSH if push else SQL_BUMP).fetchone()
+                _one(row)
                 for sql, params in statements:
                     conn.execute(sql, params)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-            return version
+            return int(row[0]), int(row[1])
 
         return await self._run(write)
 

@@ -11,7 +11,11 @@ The guarantees (what the upstream design got wrong, CONTROL_PLANE.md hazard 1):
   increments the global version in that same transaction and returns it, so
   two writers can never get the same version and no update is lost;
 * every read runs in one snapshot and returns the version of that snapshot
-  with its data, so a reader never records a version newer than its data.
+  with its data, so a reader never records a version newer than its data;
+* a write that will be pushed also records itself as the last pushed
+  version, and returns the one before (``previous``): a push carries both,
+  so a receiver knows exactly whether it missed a push, even though writes
+  that touch only reserved workspaces take a version and push nothing.
 
 The version lives in a one-row table; incrementing it takes that row's lock,
 which orders concurrent writers, across replicas too.
@@ -67,13 +71,28 @@ class ConfigStore(Protocol):
         """Upsert ``puts`` and delete ``deletes`` in one transaction; the new version."""
         ...
 
+    async def write_many(
+        self, puts: list[Row], deletes: list[Row], *, push: bool
+    ) -> tuple[int, int | None]:
+        """Upsert ``(workspace, type, key, value)`` and delete ``(workspace, type, key)``
+        in one transaction, across workspaces.  ``(version, previous)``: the new
+        version and, when ``push``, the last pushed version before it (else None)."""
+        ...
+
 
 # The SQL both stores run.  ``?`` placeholders; PostgreSQL's driver gets them as ``%s``.
 TABLE = "tg_config"
 VERSION_TABLE = "tg_config_version"
 
 SQL_VERSION = f"SELECT version FROM {VERSION_TABLE} WHERE id = 1"
-SQL_BUMP = f"UPDATE {VERSION_TABLE} SET version = version + 1 WHERE id = 1 RETURNING version"
+#: a write nobody is told about: a new version, the push pointer unchanged
+SQL_BUMP = f"UPDATE {VERSION_TABLE} SET version = version + 1 WHERE id = 1 RETURNING version, pushed"
+#: a write that will be pushed: a new version, which becomes the last pushed one
+#: (every right-hand side reads the old row, so prev_pushed gets the old pointer)
+SQL_BUMP_PUSH = (
+    f"UPDATE {VERSION_TABLE} SET version = version + 1, prev_pushed = pushed, "
+    "pushed = version + 1 WHERE id = 1 RETURNING version, prev_pushed"
+)
 SQL_GET = f"SELECT type, key, value FROM {TABLE} WHERE workspace = ? AND type = ? AND key = ?"
 SQL_KEYS = f"SELECT key FROM {TABLE} WHERE workspace = ? AND type = ? ORDER BY key"
 SQL_VALUES = f"SELECT key, value FROM {TABLE} WHERE workspace = ? AND type = ? ORDER BY key"
@@ -95,7 +114,8 @@ SQL_SCHEMA = (
     " PRIMARY KEY (workspace, type, key))",
     f"CREATE INDEX IF NOT EXISTS {TABLE}_by_type ON {TABLE} (type, workspace, key)",
     f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} ("
-    " id INTEGER PRIMARY KEY, version BIGINT NOT NULL)",
+    " id INTEGER PRIMARY KEY, version BIGINT NOT NULL,"
+    " pushed BIGINT NOT NULL DEFAULT 0, prev_pushed BIGINT NOT NULL DEFAULT 0)",
     f"INSERT INTO {VERSION_TABLE} (id, version) VALUES (1, 0) ON CONFLICT (id) DO NOTHING",
 )
 
@@ -113,8 +133,9 @@ class SqlStore:
         """Run ``queries`` in one read snapshot; its version and each query's rows."""
         raise NotImplementedError
 
-    async def _write(self, statements: list[Query]) -> int:
-        """Bump the version, run ``statements``, commit; the new version."""
+    async def _write(self, statements: list[Query], push: bool) -> tuple[int, int]:
+        """Bump the version (``SQL_BUMP_PUSH`` when ``push``), run ``statements``,
+        commit; the bump's two returned values."""
         raise NotImplementedError
 
     async def version(self) -> int:
@@ -148,6 +169,16 @@ class SqlStore:
     async def write(
         self, workspace: str, puts: list[tuple[str, str, str]], deletes: list[tuple[str, str]]
     ) -> int:
-        statements: list[Query] = [(SQL_DELETE, (workspace, t, k)) for t, k in deletes]
-        statements += [(SQL_UPSERT, (workspace, t, k, v)) for t, k, v in puts]
-        return await self._write(statements)
+        version, _ = await self.write_many(
+            [(workspace, t, k, v) for t, k, v in puts], [(workspace, t, k) for t, k in deletes],
+            push=True,
+        )
+        return version
+
+    async def write_many(
+        self, puts: list[Row], deletes: list[Row], *, push: bool
+    ) -> tuple[int, int | None]:
+        statements: list[Query] = [(SQL_DELETE, tuple(d)) for d in deletes]
+        statements += [(SQL_UPSERT, tuple(p)) for p in puts]
+        version, previous = await self._write(statements, push)
+        return version, (previous if push else None)

@@ -22,12 +22,15 @@ The flow record (``flow/<id>``) keeps what the flow resolved to:
 ``description``, ``blueprint-name``, ``interfaces``, ``parameters``, and
 also ``processors`` (the entries written), ``queues`` and ``topics``, so
 that stopping needs neither the blueprint (which may have changed since)
-nor guesswork about ownership; ``status`` is ``running`` or ``stopping``.
+nor guesswork about ownership; ``status`` is ``running`` (``stopping`` in
+its ``flow-stopping`` copy).
 
 stop-flow is two-phase and resumable, like a Kubernetes finalizer:
 
-1. one put marks the record ``stopping`` and deletes the flow's processor
-   entries (one push; processors stop that flow's consumers);
+1. one write deletes the flow's processor entries and its record from the
+   workspace and files the record as ``__system__/flow-stopping/<ws>:<id>``
+   (one push, naming the workspace; processors stop that flow's consumers;
+   the flow is gone from list-flows and get-flow at once);
 2. after ``--release-wait`` seconds for processors to let go of their
    consumers, the queues and topics no other live flow names are deleted
    (CONTROL_PLANE.md hazard 5: ownership is by resolved name, never by
@@ -37,10 +40,12 @@ stop-flow is two-phase and resumable, like a Kubernetes finalizer:
    Where the backend can tell (``Capabilities.queue_lifecycle``), each
    deleted queue is checked again after a moment and deleted again if a
    straggling consumer re-created it;
-3. the record is deleted.
+3. the ``flow-stopping`` entry is deleted.  It lives in a reserved
+   workspace, so that write is not pushed: a stop costs one push.
 
-At start-up the service finishes every flow left ``stopping`` (from phase 1,
-which is idempotent) and ensures the queues of running flows.  Operations on
+A start of a flow id whose stop is still in progress is refused
+(``exists``).  At start-up the service finishes every stop it finds filed
+under ``flow-stopping`` and ensures the queues of running flows.  Operations on
 one flow id, and on one blueprint, are serialised (hazard 4); several
 flow-svc replicas are not coordinated with each other, so run one.
 """
@@ -87,6 +92,13 @@ FLOW = "flow"
 PARAMETER_TYPE = "parameter-type"
 RUNNING = "running"
 STOPPING = "stopping"
+SYSTEM = "__system__"
+#: type, in ``__system__``, of the records of flows being stopped; key ``<ws>:<id>``
+STOPPING_TYPE = "flow-stopping"
+
+
+def stopping_key(ws: str, fid: str) -> str:
+    return f"{ws}:{fid}"
 #: queue operations run at once when a flow starts or stops
 QUEUE_CONCURRENCY = 8
 
@@ -248,7 +260,7 @@ class FlowService(OperationService):
         )
 
     async def _live_flows(self, *, exclude: tuple[str, str] | None = None) -> list[dict[str, Any]]:
-        """The records of every flow in every workspace that is not being stopped."""
+        """The records of every running flow in every workspace (``_ws`` added)."""
         by_ws = await self._cfg(self._config.values_all_workspaces(FLOW))
         out = []
         for ws, flows in by_ws.items():
@@ -256,9 +268,8 @@ class FlowService(OperationService):
                 if (ws, fid) == exclude:
                     continue
                 record = _record(text)
-                if record.get("status") != STOPPING:
-                    record["_ws"] = ws
-                    out.append(record)
+                record["_ws"] = ws
+                out.append(record)
         return out
 
     async def op_start_flow(self, r: FlowRequest) -> FlowResponse:
@@ -277,6 +288,10 @@ class FlowService(OperationService):
         async with self._lock("blueprint", ws, name), self._lock("flow", ws, fid):
             if await self._cfg(self._config.get(ws, FLOW, fid)) is not None:
                 raise RequestError("exists", f"flow {fid!r} already exists in workspace {ws!r}")
+            if await self._cfg(self._config.get(SYSTEM, STOPPING_TYPE, stopping_key(ws, fid))):
+                raise RequestError(
+                    "exists", f"flow {fid!r} in workspace {ws!r} is still being stopped; try again"
+                )
             blueprint = await self._blueprint(ws, name)
             types = {
                 k: v for k, v in (
@@ -361,30 +376,36 @@ class FlowService(OperationService):
         async with self._lock("flow", ws, fid):
             text = await self._cfg(self._config.get(ws, FLOW, fid))
             if text is None:
-                raise RequestError("not-found", f"no flow {fid!r} in workspace {ws!r}")
-            await self._stop(ws, fid, _record(text))
+                text = await self._cfg(self._config.get(SYSTEM, STOPPING_TYPE, stopping_key(ws, fid)))
+                if text is None:
+                    raise RequestError("not-found", f"no flow {fid!r} in workspace {ws!r}")
+                await self._finish_stop(ws, fid, _record(text))  # a stop left half-done
+            else:
+                await self._stop(ws, fid, _record(text))
         return FlowResponse()
 
     async def _stop(self, ws: str, fid: str, record: dict[str, Any]) -> None:
+        """Phase 1 (one write, one push), then the rest."""
         others = await self._live_flows(exclude=(ws, fid))
-        # Phase 1: mark stopping and remove the processor entries no other flow shares.
         shared = {tuple(p) for o in others if o["_ws"] == ws for p in o.get("processors", [])}
-        entries = [(processor_type(p), v) for p, v in record.get("processors", [])
+        entries = [(ws, processor_type(p), v) for p, v in record.get("processors", [])
                    if (p, v) not in shared]
-        if record.get("status") != STOPPING:
-            record["status"] = STOPPING
-            await self._cfg(self._config.put_many(
-                ws, [(FLOW, fid, json.dumps(record, sort_keys=True))], delete=entries
-            ))
-        elif entries:
-            present = await self._cfg(self._config.get_many(ws, entries))
-            if present:
-                await self._cfg(self._config.delete_many(ws, list(present)))
-        # Phase 2: give processors time to close their consumers, then delete queues.
+        record["status"] = STOPPING
+        await self._cfg(self._config.write(
+            [(SYSTEM, STOPPING_TYPE, stopping_key(ws, fid), json.dumps(record, sort_keys=True))],
+            [(ws, FLOW, fid), *entries],
+        ))
+        await self._finish_stop(ws, fid, record, others)
+
+    async def _finish_stop(
+        self, ws: str, fid: str, record: dict[str, Any], others: list[dict[str, Any]] | None = None
+    ) -> None:
+        """Phases 2 and 3: wait for processors to let go, delete queues, forget the stop."""
+        if others is None:
+            others = await self._live_flows()
         await asyncio.sleep(self.release_wait)
         await self._delete_queues(record, others)
-        # Phase 3: the record.
-        await self._cfg(self._config.delete(ws, FLOW, fid))
+        await self._cfg(self._config.delete(SYSTEM, STOPPING_TYPE, stopping_key(ws, fid)))
         log.info("flow %s/%s stopped", ws, fid)
 
     async def _delete_queues(self, record: dict[str, Any], others: list[dict[str, Any]]) -> None:
@@ -445,24 +466,28 @@ class FlowService(OperationService):
     # -- start-up -------------------------------------------------------------
 
     async def _recover(self) -> None:
-        """Finish flows left stopping, ensure queues of running ones (retrying what
+        """Finish stops left half-done, ensure queues of running flows (retrying what
         fails with backoff until it succeeds); then idle."""
         backoff = Backoff(base=0.5, cap=30.0)
-        todo: dict[tuple[str, str], dict[str, Any]] | None = None
+        todo: dict[tuple[str, str], tuple[bool, dict[str, Any]]] | None = None
         while todo is None or todo:
             try:
                 if todo is None:
                     await self._config.wait_until_up(self.config_timeout)
                     by_ws = await self._config.values_all_workspaces(FLOW)
-                    todo = {(ws, fid): _record(text)
+                    todo = {(ws, fid): (False, _record(text))
                             for ws, flows in by_ws.items() for fid, text in flows.items()}
-                for (ws, fid), record in sorted(todo.items()):
+                    for key, text in (await self._config.values(SYSTEM, STOPPING_TYPE)).items():
+                        ws, _, fid = key.partition(":")
+                        todo[(ws, fid)] = (True, _record(text))
+                for (ws, fid), (stopping, record) in sorted(todo.items()):
                     async with self._lock("flow", ws, fid):
-                        if record.get("status") == STOPPING:
-                            log.info("resuming the stop of flow %s/%s", ws, fid)
+                        if stopping:
                             # a stop-flow request may have finished it meanwhile
-                            if await self._config.get(ws, FLOW, fid) is not None:
-                                await self._stop(ws, fid, record)
+                            key = stopping_key(ws, fid)
+                            if await self._config.get(SYSTEM, STOPPING_TYPE, key) is not None:
+                                log.info("resuming the stop of flow %s/%s", ws, fid)
+                                await self._finish_stop(ws, fid, record)
                         else:
                             await self._ensure_queues(
                                 [(q[0], q[1]) for q in record.get("queues", [])]

@@ -75,6 +75,7 @@ class ControlPlane:
         self.config_svc: ConfigService | None = None
         self.flow_svc: FlowService | None = None
         self.tag = uuid.uuid4().hex[:8]
+        self._fresh: set[tuple[str, str]] = set()
 
     def backend(self) -> PubSubBackend:
         b = self.broker.make_backend()
@@ -95,16 +96,31 @@ class ControlPlane:
     async def start_config(self, **params: Any) -> ConfigService:
         params.setdefault("store", SqliteStore(self.tmp / "config.db"))
         self._group(params, "config-service")
-        self.config_svc = await self.start(
-            ConfigService(backend=self.backend(), concurrency=8, **params)
-        )
+        svc = ConfigService(backend=self.backend(), concurrency=8, **params)
+        await self._forget_stale_of(svc)
+        self.config_svc = await self.start(svc)
         return self.config_svc
 
     async def start_flow(self, **params: Any) -> FlowService:
         params.setdefault("release_wait", 0.5)
         self._group(params, "flow-service")
-        self.flow_svc = await self.start(FlowService(backend=self.backend(), **params))
+        svc = FlowService(backend=self.backend(), **params)
+        await self._forget_stale_of(svc)
+        self.flow_svc = await self.start(svc)
         return self.flow_svc
+
+    async def _forget_stale_of(self, svc: Any) -> None:
+        """Delete the service's request queue before its first replica starts.
+
+        Tests share one broker: a request an earlier test sent to a service that
+        was gone (a timeout test, a killed process) still waits in the durable
+        queue, and a new service would serve it against this test's store.
+        """
+        key = (svc.request_topic, svc.subscription)
+        if key not in self._fresh:
+            self._fresh.add(key)
+            with contextlib.suppress(Exception):
+                await self.backends[-1].delete_queue(*key)
 
     async def start_both(self) -> None:
         """The config and flow services, started together (a group join each)."""
@@ -227,12 +243,15 @@ class ControlPlaneBattery:
                             ConfigPush, on_push, ephemeral=True), \
                 ConfigClient(cp.backend(), timeout=WAIT) as c:
             await c.put_many("w", [("a", "1", "1"), ("b", "1", "1")])
-            await c.put("__system__", "init-state", "x", '"done"')
+            await c.put("__system__", "init-state", "x", '"done"')  # stored, never broadcast
             await c.delete("w", "a", "1")
+            # one write across workspaces: one version, one push naming only the public one
+            await c.write([("v", "c", "1", "2"), ("__system__", "s", "k", "3")], [("w", "b", "1")])
             await eventually(lambda: len(pushes) >= 3, WAIT, what="three pushes")
             await asyncio.sleep(0.5)
-        assert [(p.version, p.changes) for p in pushes] == [
-            (1, {"a": ["w"], "b": ["w"]}), (2, {}), (3, {"a": ["w"]})
+            assert await c.get("__system__", "s", "k") == "3"
+        assert [(p.version, p.changes, p.previous) for p in pushes] == [
+            (1, {"a": ["w"], "b": ["w"]}, 0), (3, {"a": ["w"]}, 1), (4, {"b": ["w"], "c": ["v"]}, 3)
         ]
         assert cp.config_svc is not None and cp.config_svc.pushes == 3
 

@@ -59,6 +59,15 @@ async def test_each_write_is_one_version_and_reads_carry_it(store: SqlStore) -> 
     assert await store.workspace("w") == (3, [("t", "a", "10"), ("u", "c", "3")])
 
 
+async def test_pushed_writes_chain_their_versions(store: SqlStore) -> None:
+    assert await store.write_many([("w", "t", "a", "1")], [], push=True) == (1, 0)
+    assert await store.write_many([("_r", "t", "a", "1")], [], push=False) == (2, None)
+    assert await store.write_many([("w", "t", "a", "2"), ("_r", "t", "b", "1")], [("w", "t", "x")],
+                                  push=True) == (3, 1)
+    assert await store.write_many([], [("w", "t", "a")], push=True) == (4, 3)
+    assert (await store.values("_r", "t"))[1] == [("a", "1"), ("b", "1")]
+
+
 async def test_a_failed_batch_writes_nothing_and_takes_no_version(store: SqlStore) -> None:
     await store.write("w", [("t", "a", "1")], [])
     with pytest.raises(Exception):  # noqa: B017 (each driver has its own error class)

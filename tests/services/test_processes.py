@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 
 import pytest
 
+from bootstrap.initialisers.queues import CONTROL_QUEUES
 from tests.brokers import Broker
 from tests.services.helpers import CHUNK_SIZE_TYPE, chunk_blueprint, chunk_topics, eventually
 from trustgraph_pubsub import PubSubBackend, RequestResponse, ServiceError
@@ -106,6 +107,11 @@ class ProcessBattery:
         tmp_path: Path,
     ) -> None:
         flags = broker_flags(broker)
+        # Requests an earlier run left in the services' durable queues (a killed
+        # flow-svc's stop-flow, say) would be served by this run's services.
+        for topic, sub in CONTROL_QUEUES:
+            with contextlib.suppress(Exception):
+                await client_backend.delete_queue(topic, sub)
 
         def start(script: str, *extra: str, log: str | None = None) -> Service:
             s = Service(script, [*flags, *extra], tmp_path / f"{log or script}.log")
@@ -144,11 +150,12 @@ class ProcessBattery:
                 stopping = asyncio.create_task(flows.stop_flow("proc", "f1"))
 
                 async def marked_stopping() -> bool:
-                    text = await config.get("proc", "flow", "f1")
+                    text = await config.get("__system__", "flow-stopping", "proc:f1")
                     return text is not None and json.loads(text).get("status") == "stopping"
 
-                await eventually(marked_stopping, WAIT, what="the flow marked stopping")
+                await eventually(marked_stopping, WAIT, what="the flow filed as stopping")
                 assert await config.keys("proc", "processor:chunker") == []
+                assert await flows.list_flows("proc") == []
                 flow_svc.kill()  # SIGKILL: between phase 1 and phase 2
                 stopping.cancel()
                 with contextlib.suppress(asyncio.CancelledError, ServiceError):
@@ -158,7 +165,7 @@ class ProcessBattery:
                 flow_svc = start("flow-svc", "--release-wait", "0.5", log="flow-svc-again")
 
                 async def record_gone() -> bool:
-                    return await config.get("proc", "flow", "f1") is None
+                    return await config.get("__system__", "flow-stopping", "proc:f1") is None
 
                 await eventually(record_gone, WAIT, what="the restarted flow-svc to finish the stop")
                 assert await config.keys("proc", "processor:chunker") == []

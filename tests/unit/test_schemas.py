@@ -103,7 +103,8 @@ EXAMPLES: list[Any] = [
         config={"prompt": {"system": "x"}, "empty": {}},
     ),
     ConfigResponse(error=ERROR),
-    ConfigPush(version=7, changes={"prompt": ["w"], "flow": []}),
+    ConfigPush(version=7, changes={"prompt": ["w"], "flow": []}, previous=5),
+    ConfigKey(type="t", key="k", workspace="w"),
     ConfigValue(type="prompt", key="system", value="x", workspace="w"),
     FlowRequest(
         operation="start-flow",
@@ -186,7 +187,7 @@ def test_defaults_with_values_are_written() -> None:
         "response": "r",
         "end_of_stream": False,
     }
-    assert json.loads(encode(ConfigPush(version=0))) == {"version": 0, "changes": {}}
+    assert json.loads(encode(ConfigPush(version=0))) == {"version": 0, "changes": {}, "previous": 0}
 
 
 def test_required_fields_are_required_on_the_wire() -> None:

@@ -33,19 +33,20 @@ config_push_queue: Final = topic("config-push", qos="q1", namespace=CONTROL_NAME
 
 @dataclass
 class ConfigKey:
-    """One entry's address within a workspace."""
+    """One entry's address within a workspace (``workspace`` overrides the request's)."""
 
     type: str
     key: str
+    workspace: str | None = None
 
 
 @dataclass
 class ConfigValue:
     """One entry of a workspace.
 
-    ``workspace`` is set only in answers that span workspaces
-    (``getvalues-all-ws``, ``getkeys-all-ws``); elsewhere the request's
-    workspace applies.
+    ``workspace`` is set in answers that span workspaces
+    (``getvalues-all-ws``, ``getkeys-all-ws``); in a ``put`` it overrides the
+    request's workspace for this entry, so one write can span workspaces.
     """
 
     type: str
@@ -59,8 +60,9 @@ class ConfigRequest:
     """A call to the config service; ``operation`` says which.
 
     A ``put`` may carry ``keys`` as well as ``values``: those keys are
-    deleted in the same write (one version, one push), which is how a batch
-    of puts and deletes stays atomic.
+    deleted in the same write (one version, at most one push), which is how a
+    batch of puts and deletes stays atomic.  Entries may name their own
+    ``workspace``, so that batch may span workspaces.
     """
 
     operation: str
@@ -91,11 +93,14 @@ class ConfigPush:
 
     ``changes`` maps each changed config type to the workspaces it changed
     in (TrustGraph's shape).  Reserved workspaces (ids starting with ``_``)
-    are never named, so a write that touched only those pushes an empty
-    ``changes``: every write is one version and one push, and a receiver
-    that sees a version gap knows it missed one.  A push carries no values:
-    receivers fetch what they need, at a version at least this one.
+    are never named, and a write that touched only those takes a version
+    but is not pushed at all (nobody could act on it).  ``previous`` is the
+    version of the push before this one, so a receiver that has applied
+    ``previous`` knows it missed nothing, and one that has not knows it
+    missed a push (it re-fetches).  A push carries no values: receivers fetch
+    what they need, at a version at least this one.
     """
 
     version: int
     changes: dict[str, list[str]] = field(default_factory=dict)
+    previous: int = 0

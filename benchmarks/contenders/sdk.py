@@ -1,0 +1,106 @@
+"""The SDK, written the way the README tells a service author to.
+
+``get_pubsub(**config)``; ``Producer`` (resilient, pipelined) with ``flush``;
+``Consumer`` with a handler (ack on return; ``concurrency`` and ``prefetch``
+at their documented defaults but for the handler concurrency of 8 the README
+shows); ``RequestResponse`` and ``Responder``.  Nothing here reaches under
+the public API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from benchmarks.workloads import TEXT, Payload, Seen, pace, run_pacer, warmup
+from trustgraph_pubsub import Consumer, Message, Producer, RequestResponse, Responder, get_pubsub
+
+CONCURRENCY = 8
+
+
+class Sdk:
+    name = "sdk"
+
+    def __init__(self, broker: str, config: dict[str, Any]) -> None:
+        self.backend = get_pubsub(**config)
+
+    async def close(self) -> None:
+        await self.backend.close()
+
+    async def produce(self, topic: str, n: int) -> float:
+        values = [Payload(i, 0.0, TEXT) for i in range(n)]
+        w = warmup(n)
+        async with Producer(self.backend, topic, Payload) as producer:
+            for v in values[:w]:
+                await producer.send(v)
+            await producer.flush()
+            t0 = time.perf_counter()
+            for v in values[w:]:
+                await producer.send(v)
+            await producer.flush()
+            return time.perf_counter() - t0
+
+    async def consume(self, topic: str, sub: str, n: int, consumers: int) -> tuple[float, int, int]:
+        seen = Seen(n)
+
+        async def handle(msg: Message) -> None:
+            seen.add(msg.value().n)
+
+        running = [Consumer(self.backend, topic, sub, Payload, handle, concurrency=CONCURRENCY)
+                   for _ in range(consumers)]
+        await asyncio.gather(*(c.start() for c in running))
+        try:
+            await seen.wait(300)
+        finally:
+            await asyncio.gather(*(c.stop() for c in running))
+        return seen.result()
+
+    async def rr(self, req: str, resp: str, n: int, concurrency: int) -> list[float]:
+        async def handle(request: Payload, props: dict[str, str]) -> Payload:
+            return request
+
+        responder = Responder(self.backend, req, Payload, resp, Payload, handle,
+                              subscription="svc", concurrency=max(CONCURRENCY, concurrency))
+        caller = RequestResponse(self.backend, req, Payload, resp, Payload)
+        await responder.start()
+        await caller.start()
+        out: list[float] = []
+        try:
+            await caller.request(Payload(-1), timeout=60)
+
+            async def one(i: int) -> None:
+                t0 = time.perf_counter()
+                await caller.request(Payload(i, 0.0, TEXT), timeout=60)
+                out.append(time.perf_counter() - t0)
+
+            for start in range(0, n, concurrency):
+                await asyncio.gather(*(one(i) for i in range(start, min(n, start + concurrency))))
+        finally:
+            await caller.stop()
+            await responder.stop()
+        return out
+
+    async def paced(self, topic: str, sub: str, rate: float, seconds: float) -> list[float]:
+        seen = Seen(max(1, int(rate * seconds)))
+
+        async def handle(msg: Message) -> None:
+            p = msg.value()
+            seen.add(p.n, p.t)
+
+        async with Consumer(self.backend, topic, sub, Payload, handle, concurrency=CONCURRENCY):
+            await run_pacer(self, topic, rate, seconds)
+            await seen.wait(120)
+        return seen.latencies
+
+    async def send_paced(self, topic: str, rate: float, seconds: float) -> None:
+        async with Producer(self.backend, topic, Payload) as producer:
+
+            async def send(i: int, scheduled: float) -> None:
+                await producer.send(Payload(i, scheduled, TEXT))
+
+            await pace(rate, seconds, send)
+            await producer.flush()
+
+
+__all__ = ["Sdk"]

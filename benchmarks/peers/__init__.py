@@ -1,0 +1,1 @@
+"""Peers: other Python messaging libraries running the suite's workloads."""

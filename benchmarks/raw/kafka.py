@@ -1,0 +1,162 @@
+"""aiokafka, the fast way.
+
+* produce: ``send`` (enqueue) x N, then gather the delivery futures
+  (``acks=all``, ``linger_ms=0`` as the backend uses);
+* consume: one group consumer per consumer, ``getmany`` batches,
+  auto-commit in the background (no broker round trip per message);
+* rr: one producer, a responder consumer, a caller consumer, replies
+  matched by an ``id`` header;
+* paced: ``send`` without awaiting the delivery, a ``getmany`` loop timing
+  each message.
+
+``fetch_max_wait_ms`` is the backend's (tansu does not wake a waiting fetch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from benchmarks.workloads import Payload, Seen, pace, payload_bytes, run_pacer, warmup
+from trustgraph_pubsub import naming
+from trustgraph_schema import codec
+
+
+class Raw:
+    name = "raw"
+
+    def __init__(self, broker: str, config: dict[str, Any]) -> None:
+        self.bootstrap = config["kafka_bootstrap_servers"]
+        self.fetch_wait = int(config.get("kafka_fetch_max_wait_ms") or 5)
+
+    async def close(self) -> None:
+        pass
+
+    def producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=0,
+                                max_request_size=2 * 1024 * 1024)
+
+    def consumer(self, native: str, group: str, offset: str = "earliest") -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(native, bootstrap_servers=self.bootstrap, group_id=group,
+                                auto_offset_reset=offset, fetch_max_wait_ms=self.fetch_wait,
+                                heartbeat_interval_ms=500)
+
+    async def produce(self, topic: str, n: int) -> float:
+        native = naming.kafka_topic(topic)
+        prod = self.producer()
+        await prod.start()
+        try:
+            data = [payload_bytes(i) for i in range(n)]
+            w = warmup(n)
+            await asyncio.gather(*[await prod.send(native, d) for d in data[:w]])
+            t0 = time.perf_counter()
+            futs = [await prod.send(native, d) for d in data[w:]]
+            await asyncio.gather(*futs)
+            return time.perf_counter() - t0
+        finally:
+            await prod.stop()
+
+    async def _drain(self, cons: AIOKafkaConsumer, seen: Seen, paced: bool) -> None:
+        while not seen.done.is_set():
+            batch = await cons.getmany(timeout_ms=200, max_records=500)
+            for records in batch.values():
+                for rec in records:
+                    p = codec.decode(Payload, rec.value)
+                    seen.add(p.n, p.t if paced else 0.0)
+
+    async def consume(self, topic: str, sub: str, n: int, consumers: int) -> tuple[float, int, int]:
+        native, group = naming.kafka_topic(topic), naming.kafka_group(topic, sub)
+        seen = Seen(n)
+        members = [self.consumer(native, group) for _ in range(consumers)]
+        await asyncio.gather(*(c.start() for c in members))
+        try:
+            await asyncio.wait_for(asyncio.gather(*(self._drain(c, seen, False) for c in members)), 300)
+        finally:
+            await asyncio.gather(*(c.stop() for c in members))
+        return seen.result()
+
+    async def rr(self, req: str, resp: str, n: int, concurrency: int) -> list[float]:
+        req_n, resp_n = naming.kafka_topic(req), naming.kafka_topic(resp)
+        prod = self.producer()
+        server = self.consumer(req_n, f"{req_n}.svc", "latest")
+        caller = self.consumer(resp_n, f"{resp_n}.caller-{uuid.uuid4().hex[:6]}", "latest")
+        await asyncio.gather(prod.start(), server.start(), caller.start())
+        waiting: dict[bytes, asyncio.Future[bytes]] = {}
+        loop = asyncio.get_running_loop()
+
+        async def serve() -> None:
+            while True:
+                batch = await server.getmany(timeout_ms=1000)
+                for records in batch.values():
+                    for rec in records:
+                        p = codec.decode(Payload, rec.value)
+                        await prod.send(resp_n, codec.encode(p), headers=list(rec.headers))
+
+        async def collect() -> None:
+            while True:
+                batch = await caller.getmany(timeout_ms=1000)
+                for records in batch.values():
+                    for rec in records:
+                        fut = waiting.pop(dict(rec.headers).get("id", b""), None)
+                        if fut is not None and not fut.done():
+                            fut.set_result(rec.value)
+
+        tasks = [asyncio.create_task(serve()), asyncio.create_task(collect())]
+        out: list[float] = []
+
+        async def one(i: int) -> None:
+            rid = f"{i}-{uuid.uuid4().hex[:8]}".encode()
+            fut = waiting[rid] = loop.create_future()
+            t0 = time.perf_counter()
+            await prod.send(req_n, payload_bytes(i), headers=[("id", rid)])
+            codec.decode(Payload, await asyncio.wait_for(fut, 60))
+            out.append(time.perf_counter() - t0)
+
+        try:
+            # Both groups have joined and sit at the end before timing starts.
+            while True:
+                try:
+                    await one(-1)
+                    break
+                except TimeoutError:
+                    continue
+            out.clear()
+            for start in range(0, n, concurrency):
+                await asyncio.gather(*(one(i) for i in range(start, min(n, start + concurrency))))
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(prod.stop(), server.stop(), caller.stop(), return_exceptions=True)
+        return out
+
+    async def paced(self, topic: str, sub: str, rate: float, seconds: float) -> list[float]:
+        native, group = naming.kafka_topic(topic), naming.kafka_group(topic, sub)
+        seen = Seen(max(1, int(rate * seconds)))
+        cons = self.consumer(native, group)
+        await cons.start()
+        drain = asyncio.create_task(self._drain(cons, seen, True))
+        try:
+            await run_pacer(self, topic, rate, seconds)
+            await asyncio.wait_for(drain, 120)
+        finally:
+            drain.cancel()
+            await cons.stop()
+        return seen.latencies
+
+    async def send_paced(self, topic: str, rate: float, seconds: float) -> None:
+        native = naming.kafka_topic(topic)
+        prod = self.producer()
+        await prod.start()
+        futs: list[Any] = []
+        try:
+            async def send(i: int, scheduled: float) -> None:
+                futs.append(await prod.send(native, payload_bytes(i, scheduled)))
+
+            await pace(rate, seconds, send)
+            await asyncio.gather(*futs)
+        finally:
+            await prod.stop()

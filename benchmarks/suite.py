@@ -1,0 +1,362 @@
+"""The benchmark suite: the SDK against raw clients and FastStream, on every broker.
+
+    python -m benchmarks.suite [--quick] [--brokers pulsar,kafka,rabbitmq,mqtt] [--plot]
+    tg-pubsub bench [same flags]
+
+Per broker (started as the tests start them), contenders run the same
+workloads on the same broker in the same run, interleaved A/B/C, A/B/C ...,
+each trial in a fresh process (``benchmarks.trial``):
+
+1. throughput: N messages of 1 KiB published, then consumed, with 1 consumer
+   and with 4 consumers sharing one subscription; msg/s both ways;
+   duplicates counted apart from unique messages;
+2. request/response: 2,000 sequential and 200 concurrent round trips;
+   p50 / p99 / p99.9 / max;
+3. end-to-end latency at a fixed offered rate (half the raw client's
+   measured maximum on that broker), from each message's scheduled send time;
+4. the codec benchmark (``benchmarks.codec --quick``), folded into the report;
+5. the control plane: 10 flows of a 20-processor blueprint started and
+   stopped; seconds per flow, config pushes per start and stop, config
+   fetches per processor.
+
+Each figure is the median of the trials (``--trials``, default 3) with its
+min-max, and the ratios SDK / raw and SDK / FastStream.  A progress bar runs
+on stderr; the tables go to stdout; ``benchmarks/results/suite.json`` gets
+everything; ``--plot`` writes ``benchmarks/results/suite.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import RESULTS, median, percentile, print_table, write_results
+from benchmarks.contenders import CONTENDERS
+
+BROKERS = ("pulsar", "kafka", "rabbitmq", "mqtt")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Progress:
+    """A one-line progress bar on stderr."""
+
+    def __init__(self, total: int) -> None:
+        self.total = max(total, 1)
+        self.done = 0
+        self.began = time.monotonic()
+
+    def step(self, what: str) -> None:
+        self.done += 1
+        self.show(what)
+
+    def show(self, what: str) -> None:
+        width = 30
+        filled = int(width * self.done / self.total)
+        elapsed = time.monotonic() - self.began
+        bar = "#" * filled + "." * (width - filled)
+        sys.stderr.write(f"\r[{bar}] {self.done}/{self.total} {elapsed:5.0f}s  {what[:60]:<60}")
+        sys.stderr.flush()
+
+    def end(self) -> None:
+        sys.stderr.write("\n")
+
+
+def sizes(broker: str, quick: bool) -> dict[str, Any]:
+    """Message counts per broker: enough to last seconds, not minutes."""
+    n = {"pulsar": 20_000, "kafka": 20_000, "rabbitmq": 10_000, "mqtt": 10_000}.get(broker, 10_000)
+    return {
+        "n": n // 4 if quick else n,
+        "rr": 200 if quick else 2_000,
+        "concurrent": 50 if quick else 200,
+        "seconds": 2.0 if quick else 5.0,
+    }
+
+
+def trial(spec: dict[str, Any], timeout: float = 900.0) -> dict[str, Any]:
+    """Run one trial in a fresh process; its JSON result (or the error)."""
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "benchmarks.trial", json.dumps(spec)],
+            capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout}s"}
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    if out.returncode != 0 or not lines:
+        return {"error": (out.stderr or out.stdout)[-1500:]}
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+def stats(values: list[float]) -> dict[str, float]:
+    return {"median": median(values), "min": min(values), "max": max(values)} if values else {}
+
+
+def latency_stats(samples: list[float]) -> dict[str, float]:
+    ms = [s * 1000 for s in samples]
+    return {"p50": percentile(ms, 50), "p99": percentile(ms, 99), "p99.9": percentile(ms, 99.9),
+            "max": max(ms)} if ms else {}
+
+
+def start_broker(name: str) -> Any:
+    sys.path.insert(0, str(ROOT))
+    from tests.brokers import BrokerUnavailable, broker_class
+
+    broker = broker_class(name)()
+    try:
+        broker.start()
+    except BrokerUnavailable as exc:
+        print(f"{name}: unavailable, skipped ({exc})", file=sys.stderr)
+        return None
+    return broker
+
+
+def bench_broker(name: str, args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+    broker = start_broker(name)
+    if broker is None:
+        return {"skipped": "broker unavailable"}
+    config = {"pubsub_backend": name, **broker.backend_config()}
+    contenders = [c for c in CONTENDERS[name] if c in args.contenders]
+    size = sizes(name, args.quick)
+    report: dict[str, Any] = {"sizes": size, "contenders": contenders}
+    try:
+        runs: dict[str, list[dict[str, Any]]] = {c: [] for c in contenders}
+        for t in range(args.trials):
+            for c in contenders:
+                progress.show(f"{name} {c} throughput (trial {t + 1})")
+                runs[c].append(trial({"broker": name, "config": config, "contender": c,
+                                      "workload": "throughput", "n": size["n"], "consumers": [1, 4]}))
+                progress.step(f"{name} {c} throughput")
+        report["throughput"] = summarize_throughput(runs)
+        raw_max = _raw_max(report["throughput"])
+        rr: dict[str, list[dict[str, Any]]] = {c: [] for c in contenders if c != "faststream"}
+        for t in range(args.trials):
+            for c in rr:
+                progress.show(f"{name} {c} request/response (trial {t + 1})")
+                rr[c].append(trial({"broker": name, "config": config, "contender": c, "workload": "rr",
+                                    "n": size["rr"], "concurrent": size["concurrent"]}))
+                progress.step(f"{name} {c} request/response")
+        report["rr"] = summarize_latency(rr, ("sequential", "concurrent"))
+        rate = 0.5 * raw_max if raw_max else 1000.0
+        paced: dict[str, list[dict[str, Any]]] = {c: [] for c in contenders if c != "faststream"}
+        for t in range(args.trials):
+            for c in paced:
+                progress.show(f"{name} {c} latency at {rate:,.0f}/s (trial {t + 1})")
+                paced[c].append(trial({"broker": name, "config": config, "contender": c,
+                                       "workload": "paced", "rate": rate, "seconds": size["seconds"]}))
+                progress.step(f"{name} {c} paced")
+        report["paced"] = {"rate": rate, **summarize_latency(paced, ("latencies",))}
+    finally:
+        broker.stop()
+    return report
+
+
+def _raw_max(tput: dict[str, Any]) -> float:
+    raw = tput.get("raw", {}).get("c1", {})
+    rates = [raw.get(k, {}).get("median", 0.0) for k in ("produce_per_s", "consume_per_s")]
+    return min(rates) if all(rates) else 0.0
+
+
+def summarize_throughput(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for c, results in runs.items():
+        errors = [r["error"] for r in results if "error" in r]
+        good = [r for r in results if "error" not in r]
+        entry: dict[str, Any] = {"errors": errors} if errors else {}
+        for key in ("c1", "c4"):
+            rows = [r[key] for r in good if key in r]
+            entry[key] = {
+                "produce_per_s": stats([r["produce_per_s"] for r in rows]),
+                "consume_per_s": stats([r["consume_per_s"] for r in rows]),
+                "duplicates": [r["duplicates"] for r in rows],
+                "unique": [r["unique"] for r in rows],
+            }
+        out[c] = entry
+    return out
+
+
+def summarize_latency(runs: dict[str, list[dict[str, Any]]], keys: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for c, results in runs.items():
+        good = [r for r in results if "error" not in r and "skipped" not in r]
+        entry: dict[str, Any] = {}
+        if len(good) < len(results):
+            entry["errors"] = [r.get("error") or r.get("skipped") for r in results if r not in good]
+        for key in keys:
+            per_trial = [latency_stats(r[key]) for r in good if r.get(key)]
+            entry[key] = {q: stats([p[q] for p in per_trial]) for q in ("p50", "p99", "p99.9", "max")} \
+                if per_trial else {}
+        out[c] = entry
+    return out
+
+
+def control_plane(args: argparse.Namespace, brokers: list[str], progress: Progress) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in brokers:
+        progress.show(f"{name} control plane")
+        broker = start_broker(name)
+        if broker is None:
+            continue
+        try:
+            config = {"pubsub_backend": name, **broker.backend_config()}
+            flows = 3 if args.quick else 10
+            res = subprocess.run(
+                [sys.executable, "-m", "benchmarks.control_plane", json.dumps(
+                    {"config": config, "flows": flows, "broker": name})],
+                capture_output=True, text=True, timeout=900, cwd=ROOT,
+            )
+            lines = [x for x in res.stdout.splitlines() if x.startswith("{")]
+            out[name] = json.loads(lines[-1]) if lines else {"error": res.stderr[-1500:]}
+        finally:
+            broker.stop()
+        progress.step(f"{name} control plane")
+    return out
+
+
+def codec_figures(progress: Progress) -> dict[str, Any]:
+    progress.show("codec")
+    subprocess.run([sys.executable, "-m", "benchmarks.codec", "--quick"], capture_output=True,
+                   text=True, timeout=600, cwd=ROOT)
+    progress.step("codec")
+    try:
+        data: dict[str, Any] = json.loads((RESULTS / "codec.json").read_text())
+        return data
+    except (OSError, ValueError) as exc:
+        return {"error": str(exc)}
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def tables(report: dict[str, Any]) -> None:
+    rows: list[list[Any]] = []
+    for b, r in report["brokers"].items():
+        tp = r.get("throughput")
+        if not tp:
+            continue
+        for key, label in (("c1", "1p/1c"), ("c4", "1p/4c")):
+            for way in ("produce_per_s", "consume_per_s"):
+                med = {c: tp.get(c, {}).get(key, {}).get(way, {}).get("median") for c in tp}
+                rng = tp.get("sdk", {}).get(key, {}).get(way, {})
+                dups = tp.get("sdk", {}).get(key, {}).get("duplicates", [])
+                rows.append([
+                    b, label, way.split("_")[0],
+                    med.get("raw") or "-", med.get("sdk") or "-",
+                    f"{rng.get('min', 0):,.0f}-{rng.get('max', 0):,.0f}" if rng else "-",
+                    med.get("faststream") or "-",
+                    _fmt(ratio(med.get("sdk"), med.get("raw"))),
+                    _fmt(ratio(med.get("sdk"), med.get("faststream"))),
+                    max(dups) if dups else "-",
+                ])
+    if rows:
+        print_table("Throughput, msg/s (median of trials; SDK min-max)",
+                    ["broker", "shape", "way", "raw", "SDK", "SDK range", "FastStream", "SDK/raw",
+                     "SDK/FS", "SDK dups"], rows)
+    rows = []
+    for b, r in report["brokers"].items():
+        for label, section, key in (("rr sequential", "rr", "sequential"),
+                                    ("rr concurrent", "rr", "concurrent"),
+                                    ("paced", "paced", "latencies")):
+            sec = r.get(section) or {}
+            for c in ("raw", "sdk"):
+                q = sec.get(c, {}).get(key, {})
+                if q:
+                    rows.append([b, label, c] + [q[p]["median"] for p in ("p50", "p99", "p99.9", "max")])
+            raw50 = sec.get("raw", {}).get(key, {}).get("p50", {}).get("median")
+            sdk50 = sec.get("sdk", {}).get(key, {}).get("p50", {}).get("median")
+            if raw50 and sdk50:
+                rows.append([b, label, "SDK/raw p50", _fmt(sdk50 / raw50), "", "", ""])
+    if rows:
+        print_table("Latency, ms (median of trials)",
+                    ["broker", "workload", "who", "p50", "p99", "p99.9", "max"], rows)
+    cp = report.get("control_plane") or {}
+    if cp:
+        print_table("Control plane: 20-processor blueprint",
+                    ["broker", "flows", "start s/flow", "stop s/flow", "pushes/start", "pushes/stop",
+                     "fetches/processor/start"],
+                    [[b, v.get("flows"), v.get("start_s_per_flow"), v.get("stop_s_per_flow"),
+                      v.get("pushes_per_start"), v.get("pushes_per_stop"),
+                      v.get("fetches_per_processor_per_start")] for b, v in cp.items() if "error" not in v])
+
+
+def _fmt(v: float | None) -> str:
+    return f"{v:.2f}" if v else "-"
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    brokers = [b for b, r in report["brokers"].items() if r.get("throughput")]
+    contenders = ["raw", "sdk", "faststream"]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    width = 0.25
+    for i, c in enumerate(contenders):
+        vals = [report["brokers"][b]["throughput"].get(c, {}).get("c1", {}).get("consume_per_s", {})
+                .get("median", 0) for b in brokers]
+        axes[0].bar([x + i * width for x in range(len(brokers))], vals, width, label=c)
+    axes[0].set_xticks([x + width for x in range(len(brokers))], brokers)
+    axes[0].set_ylabel("consume msg/s (1 KiB, 1 consumer)")
+    axes[0].set_yscale("log")
+    axes[0].legend()
+    for i, c in enumerate(("raw", "sdk")):
+        vals = [report["brokers"][b].get("rr", {}).get(c, {}).get("sequential", {}).get("p50", {})
+                .get("median", 0) for b in brokers]
+        axes[1].bar([x + i * width for x in range(len(brokers))], vals, width, label=c)
+    axes[1].set_xticks([x + width / 2 for x in range(len(brokers))], brokers)
+    axes[1].set_ylabel("request/response p50, ms")
+    axes[1].legend()
+    fig.suptitle("trustgraph-pubsub: SDK vs raw clients vs FastStream")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path.relative_to(ROOT)}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller counts, one trial")
+    parser.add_argument("--brokers", default=",".join(BROKERS))
+    parser.add_argument("--contenders", default="raw,sdk,faststream")
+    parser.add_argument("--trials", type=int, default=None, help="trials per contender (default 3; quick 1)")
+    parser.add_argument("--skip", default="", help="comma list of: codec, control-plane")
+    parser.add_argument("--plot", action="store_true", help="write benchmarks/results/suite.png")
+    args = parser.parse_args(argv)
+    args.trials = args.trials or (1 if args.quick else 3)
+    args.contenders = set(args.contenders.split(","))
+    brokers = [b for b in args.brokers.split(",") if b]
+    skip = set(args.skip.split(","))
+    per_broker = sum(len([c for c in CONTENDERS[b] if c in args.contenders]) * args.trials
+                     + 2 * len([c for c in CONTENDERS[b] if c in args.contenders and c != "faststream"]) * args.trials
+                     for b in brokers)
+    progress = Progress(per_broker + ("codec" not in skip) + ("control-plane" not in skip) * len(brokers))
+    began = time.monotonic()
+    report: dict[str, Any] = {"quick": args.quick, "trials": args.trials, "brokers": {}}
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    for b in brokers:
+        report["brokers"][b] = bench_broker(b, args, progress)
+    if "codec" not in skip:
+        report["codec"] = codec_figures(progress)
+    if "control-plane" not in skip:
+        report["control_plane"] = control_plane(args, brokers, progress)
+    progress.end()
+    report["seconds"] = time.monotonic() - began
+    tables(report)
+    print(f"\nsuite took {report['seconds']:.0f}s")
+    write_results("suite", report)
+    if args.plot:
+        plot(report, RESULTS / "suite.png")
+
+
+if __name__ == "__main__":
+    asyncio.run(asyncio.sleep(0))
+    main()
