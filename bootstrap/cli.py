@@ -6,6 +6,7 @@
     tg-pubsub config get|put|delete|list|dump ...            the config service
     tg-pubsub flows list|show|start|stop|blueprints ...      the flow service
     tg-pubsub conformance [-k EXPR]                          the conformance battery, on your broker
+    tg-pubsub bench [--quick] [--brokers ...] [--plot]       the benchmark suite (benchmarks/suite.py)
 
 Every subcommand takes the usual pub/sub flags (``--pubsub-backend``,
 ``--pulsar-host`` ...) with their environment fallbacks, so ``tg-pubsub``
@@ -205,6 +206,16 @@ def _conformance(a: dict[str, Any]) -> int:
     return subprocess.call(argv, cwd=root, env=env)
 
 
+def _bench(args: list[str]) -> int:
+    """``python -m benchmarks.suite`` from the source tree (the suite ships with it)."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "benchmarks" / "suite.py").is_file():
+        print("tg-pubsub bench: the benchmark suite ships with the source tree; run it from a "
+              "checkout (pip install -e '.[all,bench,embedded,test]')", file=sys.stderr)
+        return 2
+    return subprocess.call([sys.executable, "-m", "benchmarks.suite", *args], cwd=root)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tg-pubsub", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -256,6 +267,8 @@ def _parser() -> argparse.ArgumentParser:
             q.add_argument("--description", default="")
             q.add_argument("--param", action="append", help="a parameter name=value")
 
+    sub.add_parser("bench", help="run the benchmark suite (benchmarks/suite.py; its flags follow)")
+
     p = command("conformance", "run the conformance battery against the broker the flags name")
     p.add_argument("-k", default=None, help="only cases matching this pytest expression")
     p.add_argument("--short", action="store_true", help="message counts divided by ten")
@@ -263,7 +276,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    a = vars(_parser().parse_args(argv))
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["bench"]:  # every flag after it is the suite's
+        sys.exit(_bench(args[1:]))
+    a = vars(_parser().parse_args(args))
     import logging
 
     logging.basicConfig(level=a.get("log_level") or "WARNING",

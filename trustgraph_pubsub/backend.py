@@ -224,13 +224,14 @@ class BaseMessage:
     def __init__(
         self,
         data: bytes,
-        properties: dict[str, str],
+        properties: dict[str, str] | None,
         topic: str,
         schema: type[Any] | None,
         redelivery_count: int = 0,
         handle: Any = None,
     ) -> None:
         self._data = data
+        #: None: a subclass reads them from the client's message when first asked
         self._props = properties
         self._topic = topic
         self._schema = schema
@@ -256,7 +257,7 @@ class BaseMessage:
         return self._value
 
     def properties(self) -> dict[str, str]:
-        return self._props
+        return self._props if self._props is not None else {}
 
     def data(self) -> bytes:
         return self._data

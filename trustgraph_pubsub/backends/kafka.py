@@ -750,8 +750,13 @@ class KafkaConsumer:
         return handle
 
     async def acknowledge(self, message: Message) -> None:
-        p, off = self._handle(message)
-        if p.revoked or p.pending.pop(off, None) is None:
+        try:  # the hot path: no type checks unless the handle is not ours
+            p, off = message.handle  # type: ignore[attr-defined]
+            pending = p.pending
+        except (AttributeError, TypeError, ValueError):
+            p, off = self._handle(message)  # raises the error that names the problem
+            pending = p.pending
+        if p.revoked or pending.pop(off, None) is None:
             return
         if p.redeliveries:
             p.redeliveries.pop(off, None)

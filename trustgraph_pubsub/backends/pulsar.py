@@ -126,6 +126,7 @@ import http.client
 import json
 import logging
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -221,6 +222,22 @@ def _qos(topic: str) -> str:
     if "://" in topic:
         return "q0" if topic.startswith("non-persistent://") else "q1"
     return naming.parse(topic).qos
+
+
+_monotonic = time.monotonic
+
+
+class _PulsarMessage(BaseMessage):
+    """A received message whose properties are read from the client only when asked for
+    (most handlers never look, and building the dict costs on every message)."""
+
+    __slots__ = ()
+
+    def properties(self) -> dict[str, str]:
+        props = self._props
+        if props is None:
+            props = self._props = self.handle.properties()
+        return props
 
 
 class _LoopCallback:
@@ -685,11 +702,18 @@ class PulsarConsumer:
         self._closed = False
         self._calls = 0
         self._last_ack = 0.0
+        #: the client's receiver queue holds messages (see ``receive``)
+        self._backlog = False
+        #: a ``receive_async`` call is in progress on this thread
+        self._inline = False
 
     # -- receiving ----------------------------------------------------------
 
     def _deliver(self, result: Any, msg: Any) -> None:
         self._pending = False
+        if self._inline and result == _R.Ok:
+            # The client had it queued already: more are likely there too.
+            self._backlog = True
         if result != _R.Ok:
             if self._closed:
                 return
@@ -726,21 +750,47 @@ class PulsarConsumer:
                 and any(not w.done() for w in self._waiters)
             ):
                 self._pending = True
-                self._raw.receive_async(self._on_receive)
+                self._inline = True
+                try:
+                    self._raw.receive_async(self._on_receive)
+                finally:
+                    self._inline = False
         finally:
             self._pumping = False
 
     def _message(self, raw: Any) -> BaseMessage:
-        return BaseMessage(
-            raw.data(), raw.properties(), self.topic, self._schema, raw.redelivery_count(), raw
-        )
+        return _PulsarMessage(raw.data(), None, self.topic, self._schema, raw.redelivery_count(), raw)
 
     async def receive(self, timeout: float | None = None) -> BaseMessage:  # noqa: ASYNC109 (contract)
         if not self._buffer and not self._waiters and not self._pending:
-            # Fast path: ask the client; a message it already holds comes back inline.
             self._check()
+            if self._backlog:
+                # A backlog: take the next message straight from the client's
+                # receiver queue.  ``receive(0)`` never waits, and costs a
+                # fraction of a callback round; on an empty queue it raises
+                # (tens of microseconds), so it is tried only while messages
+                # are known to be queued.
+                try:
+                    raw = self._raw.receive(0)
+                except _pulsar.PulsarException:
+                    self._backlog = False  # drained (or failing: the async path says why)
+                else:
+                    self._calls += 1
+                    if self._calls >= _YIELD_EVERY:
+                        self._calls = 0
+                        self._buffer.append(raw)  # held here, not lost, if cancelled now
+                        await asyncio.sleep(0)
+                        if not self._buffer:
+                            return await self.receive(timeout)
+                        raw = self._buffer.popleft()
+                    return self._message(raw)
+            # Ask the client; a message it already holds comes back inline.
             self._pending = True
-            self._raw.receive_async(self._on_receive)
+            self._inline = True
+            try:
+                self._raw.receive_async(self._on_receive)
+            finally:
+                self._inline = False
         if self._buffer:
             self._calls += 1
             if self._calls >= _YIELD_EVERY:
@@ -800,12 +850,16 @@ class PulsarConsumer:
 
     async def acknowledge(self, message: Any) -> None:
         """Acknowledge this message only; the client sends acks grouped, in the background."""
-        handle = self._handle(message)
-        self._check()
+        if self._closed or self._error is not None:
+            self._check()
         # No callback: a failed ack only means a redelivery (at-least-once), and a
         # Python callback per ack costs a GIL hand-over per message.
-        self._raw.acknowledge_async(handle, None)
-        self._last_ack = self._loop.time()
+        try:
+            self._raw.acknowledge_async(message.handle, None)
+        except (AttributeError, TypeError):
+            self._handle(message)  # raises the TypeError that names the problem
+            raise
+        self._last_ack = _monotonic()
         self._calls += 1
         if self._calls >= _YIELD_EVERY:
             self._calls = 0
@@ -836,7 +890,7 @@ class PulsarConsumer:
         # The client sends acks grouped, every 100 ms, and does not flush them before
         # unsubscribing: acks arriving after it name a consumer the broker has removed
         # (pulsar-lite answers that by dropping the connection).  Let them go first.
-        wait = self._last_ack + ACK_FLUSH - self._loop.time()
+        wait = self._last_ack + ACK_FLUSH - _monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
         loop = self._loop
