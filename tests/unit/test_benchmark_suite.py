@@ -1,0 +1,30 @@
+"""The benchmark suite's machinery, on the in-process backend (no figures are judged).
+
+Speed is measured by ``benchmarks/suite.py``, never by a test; this only makes
+sure that a trial runs and reports what the suite's tables read, so the suite
+does not rot between runs.
+"""
+
+from __future__ import annotations
+
+from benchmarks.suite import latency_stats, summarize_latency, summarize_throughput
+from benchmarks.trial import run
+
+
+async def test_a_throughput_trial_reports_rates_and_duplicates() -> None:
+    out = await run({"broker": "memory", "config": {"pubsub_backend": "memory"},
+                     "contender": "sdk", "workload": "throughput", "n": 300, "consumers": [1, 4]})
+    for key in ("c1", "c4"):
+        assert out[key]["unique"] == 300 and out[key]["duplicates"] == 0
+        assert out[key]["produce_per_s"] > 0 and out[key]["consume_per_s"] > 0
+    summary = summarize_throughput({"sdk": [out]})
+    assert summary["sdk"]["c4"]["consume_per_s"]["median"] == out["c4"]["consume_per_s"]
+
+
+async def test_a_request_response_trial_reports_latencies() -> None:
+    out = await run({"broker": "memory", "config": {"pubsub_backend": "memory"},
+                     "contender": "sdk", "workload": "rr", "n": 50, "concurrent": 20})
+    assert len(out["sequential"]) == 50 and len(out["concurrent"]) == 20
+    stats = latency_stats(out["sequential"])
+    assert 0 < stats["p50"] <= stats["p99"] <= stats["max"]
+    assert summarize_latency({"sdk": [out]}, ("sequential",))["sdk"]["sequential"]["p50"]["median"] > 0
