@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from typing import Any
 
 from .backend import PubSubBackend
 from .errors import ConfigurationError
+from .redact import shown
 
 ENTRY_POINT_GROUP = "trustgraph_pubsub.backends"
 DEFAULT_BACKEND = "pulsar"
@@ -165,14 +167,29 @@ def _options_for(name: str) -> tuple[Option, ...]:
 
 
 def _coerce(backend: str, opt: Option, value: Any) -> Any:
-    if value is None or isinstance(value, opt.type):
+    """``value`` as the option's type, or a ``ConfigurationError`` naming the flag.
+
+    Strings (flags, the environment) are parsed; a float given for an int
+    option must be whole, and numbers must be finite, so ``inf`` or ``nan``
+    never reach a client library as an ``OverflowError`` deep in its code.
+    """
+    flag = f"--{backend}-{opt.name.replace('_', '-')}"
+    if value is None:
         return value
     try:
-        return opt.type(value)
-    except (TypeError, ValueError) as exc:
-        flag = f"--{backend}-{opt.name.replace('_', '-')}"
+        if opt.type is int and isinstance(value, float):
+            if not math.isfinite(value) or not value.is_integer():
+                raise ValueError("not a whole number")
+            return int(value)
+        if isinstance(value, bool) and opt.type is not bool:
+            raise TypeError("a bool is not a number")
+        out = value if isinstance(value, opt.type) else opt.type(value)
+        if isinstance(out, float) and not math.isfinite(out):
+            raise ValueError("not a finite number")
+        return out
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ConfigurationError(
-            f"option {flag} must be {opt.type.__name__}, got {value!r}"
+            f"option {flag} must be {opt.type.__name__}, got {shown(value, opt.secret)}"
         ) from exc
 
 

@@ -6,6 +6,8 @@ import argparse
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trustgraph_pubsub import ConfigurationError, available_backends, factory, get_pubsub
 from trustgraph_pubsub.backends.memory import MemoryBackend
@@ -104,3 +106,64 @@ def test_third_party_backend(plugin: str, monkeypatch: pytest.MonkeyPatch) -> No
     assert get_pubsub(**vars(args)).region == "ap"  # type: ignore[attr-defined]
     with pytest.raises(ConfigurationError, match=plugin):
         get_pubsub(pubsub_backend="plugin-missing")
+
+
+# -- every option: a clear error, never a secret --------------------------------
+
+SECRET = "S3cr3tPa55"
+
+
+@pytest.mark.parametrize("config", [
+    {"pubsub_backend": "pulsar", "pulsar_host": f"pulsar://admin:{SECRET}@host:6650"},
+    {"pubsub_backend": "pulsar", "pulsar_host": f"pulsar://admin:{SECRET}@[host:6650"},
+    {"pubsub_backend": "pulsar", "pulsar_host": f"admin:{SECRET}@host:6650"},
+    {"pubsub_backend": "pulsar", "pulsar_host": f"http://admin:{SECRET}@host:6650"},
+    {"pubsub_backend": "pulsar", "pulsar_admin_url": f"ftp://admin:{SECRET}@host"},
+    {"pubsub_backend": "rabbitmq", "rabbitmq_host": f"amqp://guest:{SECRET}@host:5672"},
+    {"pubsub_backend": "kafka", "kafka_bootstrap_servers": f"user:{SECRET}@host:9092"},
+    {"pubsub_backend": "kafka", "kafka_bootstrap_servers": f"h:1,user:{SECRET}@host:x"},
+    {"pubsub_backend": "mqtt", "mqtt_host": f"mqtt://user:{SECRET}@host"},
+])
+def test_a_password_in_an_address_never_reaches_the_error(config: dict[str, str]) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        get_pubsub(**config)
+    assert SECRET not in str(info.value) and SECRET not in repr(info.value)
+    flag = "--" + next(k for k in config if k != "pubsub_backend").replace("_", "-")
+    assert flag in str(info.value)
+
+
+def test_a_secret_option_with_a_bad_value_is_not_quoted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(factory, "BACKEND_OPTIONS", {
+        **factory.BACKEND_OPTIONS,
+        "rabbitmq": tuple(
+            factory.Option(o.name, o.env, o.default, int, o.help, o.secret)
+            if o.name == "password" else o for o in factory.BACKEND_OPTIONS["rabbitmq"]),
+    })
+    with pytest.raises(ConfigurationError) as info:
+        get_pubsub(pubsub_backend="rabbitmq", rabbitmq_password=SECRET)
+    assert "--rabbitmq-password" in str(info.value) and SECRET not in str(info.value)
+
+
+@given(st.sampled_from(["kafka", "pulsar", "rabbitmq", "mqtt"]), st.data())
+@settings(max_examples=400, deadline=None)
+def test_any_option_value_gives_a_backend_or_a_configuration_error(backend: str, data: st.DataObject) -> None:
+    """Odd values (huge, infinite, NaN, long strings, wrong types) never escape as bare errors."""
+    opts = factory.BACKEND_OPTIONS[backend]
+    opt = data.draw(st.sampled_from(opts))
+    value = data.draw(st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.integers(min_value=-(10**30), max_value=10**30),
+        st.text(max_size=300),
+        st.text(min_size=5000, max_size=6000, alphabet="X"),
+        st.booleans(),
+        st.lists(st.integers(), max_size=2),
+    ))
+    flag = f"--{backend}-{opt.name.replace('_', '-')}"
+    try:
+        get_pubsub(pubsub_backend=backend, **{f"{backend}_{opt.name}": value})
+    except ConfigurationError as exc:
+        text = str(exc)
+        assert flag in text, text
+        assert len(text) < 600, f"{flag}: the error quotes too much ({len(text)} chars)"
+        if opt.secret and isinstance(value, str) and len(value) > 3:
+            assert value not in text

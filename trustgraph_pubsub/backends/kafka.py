@@ -125,6 +125,7 @@ from ..errors import (
     QueueNotFoundError,
     UnsupportedError,
 )
+from ..redact import shown
 from ..retry import Backoff, retry
 
 log = logging.getLogger(__name__)
@@ -812,27 +813,32 @@ class KafkaBackend:
         if not isinstance(bootstrap_servers, str) or not bootstrap_servers.strip():
             raise ConfigurationError(
                 "--kafka-bootstrap-servers must be host:port[,host:port...], got "
-                f"{bootstrap_servers!r}"
+                f"{shown(bootstrap_servers)}"
             )
         hosts = [h.strip() for h in bootstrap_servers.split(",")]
         for h in hosts:
+            if "@" in h:
+                raise ConfigurationError(
+                    f"--kafka-bootstrap-servers {shown(bootstrap_servers)}: addresses carry no "
+                    "user or password; use --kafka-sasl-username and --kafka-sasl-password"
+                )
             host, sep, port = h.rpartition(":")
             if not h or (sep and (not host or not port.isdigit())):
                 raise ConfigurationError(
-                    f"--kafka-bootstrap-servers: {h!r} is not host:port "
-                    f"(in {bootstrap_servers!r})"
+                    f"--kafka-bootstrap-servers: {shown(h)} is not host:port "
+                    f"(in {shown(bootstrap_servers)})"
                 )
         protocol = (security_protocol or "PLAINTEXT").upper()
         if protocol not in SECURITY_PROTOCOLS:
             raise ConfigurationError(
-                f"--kafka-security-protocol {security_protocol!r}: expected one of "
+                f"--kafka-security-protocol {shown(security_protocol)}: expected one of "
                 f"{', '.join(SECURITY_PROTOCOLS)}"
             )
         mechanism = (sasl_mechanism or "PLAIN").upper()
         if protocol.startswith("SASL"):
             if mechanism not in SASL_MECHANISMS:
                 raise ConfigurationError(
-                    f"--kafka-sasl-mechanism {sasl_mechanism!r}: expected one of "
+                    f"--kafka-sasl-mechanism {shown(sasl_mechanism)}: expected one of "
                     f"{', '.join(SASL_MECHANISMS)}"
                 )
             if not sasl_username or sasl_password is None:
@@ -848,15 +854,15 @@ class KafkaBackend:
             ("--kafka-request-timeout-ms", request_timeout_ms, 1),
         ):
             if not isinstance(value, int) or value < low:
-                raise ConfigurationError(f"{flag} must be an integer >= {low}, got {value!r}")
+                raise ConfigurationError(f"{flag} must be an integer >= {low}, got {shown(value)}")
         if retention_ms is not None and (not isinstance(retention_ms, int) or retention_ms < -1):
             raise ConfigurationError(
-                f"--kafka-retention-ms must be -1 (forever) or a positive integer, got {retention_ms!r}"
+                f"--kafka-retention-ms must be -1 (forever) or a positive integer, got {shown(retention_ms)}"
             )
         for flag, t in (("--kafka-connect-timeout", connect_timeout),
                         ("--kafka-join-timeout", join_timeout)):
             if not isinstance(t, (int, float)) or t <= 0:
-                raise ConfigurationError(f"{flag} must be a positive number of seconds, got {t!r}")
+                raise ConfigurationError(f"{flag} must be a positive number of seconds, got {shown(t)}")
 
         self.bootstrap_servers = ",".join(hosts)
         self.security_protocol = protocol
@@ -1243,17 +1249,17 @@ class KafkaBackend:
         if initial_position not in ("earliest", "latest"):
             raise ConfigurationError(
                 f"initial_position for {topic} ({subscription}) must be 'earliest' or "
-                f"'latest', got {initial_position!r}"
+                f"'latest', got {shown(initial_position)}"
             )
         if consumer_type not in self.capabilities.consumer_types:
             if consumer_type in ("exclusive", "failover"):
                 raise UnsupportedError(
-                    f"consumer_type {consumer_type!r} for {topic} ({subscription}): Kafka "
+                    f"consumer_type {shown(consumer_type)} for {topic} ({subscription}): Kafka "
                     "consumer groups only share partitions; use 'shared'"
                 )
             raise ConfigurationError(
                 f"consumer_type for {topic} ({subscription}) must be one of "
-                f"{sorted(self.capabilities.consumer_types)}, got {consumer_type!r}"
+                f"{sorted(self.capabilities.consumer_types)}, got {shown(consumer_type)}"
             )
         await self._connect()
         await self._ensure_topic(native)

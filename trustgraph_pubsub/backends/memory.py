@@ -74,6 +74,7 @@ from ..errors import (
     PubSubError,
     PubSubTimeoutError,
 )
+from ..redact import shown
 
 __all__ = ["MemoryBackend", "MemoryConsumer", "MemoryHub", "MemoryProducer", "default_hub"]
 
@@ -608,11 +609,11 @@ class MemoryBackend:
         naming.check_subscription(subscription, topic)
         if initial_position not in _POSITIONS:
             raise ConfigurationError(
-                f"initial_position {initial_position!r} for {topic}: expected 'earliest' or 'latest'"
+                f"initial_position {shown(initial_position)} for {topic}: expected 'earliest' or 'latest'"
             )
         if consumer_type not in _CONSUMER_TYPES:
             raise ConfigurationError(
-                f"consumer_type {consumer_type!r} for {topic}: expected one of "
+                f"consumer_type {shown(consumer_type)} for {topic}: expected one of "
                 f"{', '.join(_CONSUMER_TYPES)}"
             )
         consumer = MemoryConsumer(self, topic, parsed, subscription, schema)

@@ -199,6 +199,7 @@ from ..errors import (
     PubSubTimeoutError,
     UnsupportedError,
 )
+from ..redact import shown
 from ..retry import Backoff, retry
 
 log = logging.getLogger(__name__)
@@ -1878,21 +1879,24 @@ class MQTTBackend:
         keepalive: int = 30,
         connect_timeout: float = 10.0,
     ) -> None:
-        if not isinstance(host, str) or not host:
-            raise ConfigurationError(f"--mqtt-host must be a host name or address, got {host!r}")
+        if not isinstance(host, str) or not host or any(c in host for c in "/@ "):
+            raise ConfigurationError(
+                f"--mqtt-host must be a host name or address (no URL; the port is --mqtt-port, "
+                f"credentials --mqtt-username/--mqtt-password), got {shown(host)}"
+            )
         if not isinstance(port, int) or not 0 < port < 65536:
-            raise ConfigurationError(f"--mqtt-port must be 1-65535, got {port!r}")
+            raise ConfigurationError(f"--mqtt-port must be 1-65535, got {shown(port)}")
         if not isinstance(session_expiry, int) or not 0 <= session_expiry <= _SESSION_EXPIRY_MAX:
             raise ConfigurationError(
-                f"--mqtt-session-expiry must be 0-{_SESSION_EXPIRY_MAX} seconds, got {session_expiry!r}"
+                f"--mqtt-session-expiry must be 0-{_SESSION_EXPIRY_MAX} seconds, got {shown(session_expiry)}"
             )
         if not isinstance(max_inflight, int) or not 0 < max_inflight <= 65535:
-            raise ConfigurationError(f"--mqtt-max-inflight must be 1-65535, got {max_inflight!r}")
+            raise ConfigurationError(f"--mqtt-max-inflight must be 1-65535, got {shown(max_inflight)}")
         if not isinstance(keepalive, int) or not 0 <= keepalive <= 65535:
-            raise ConfigurationError(f"--mqtt-keepalive must be 0-65535 seconds, got {keepalive!r}")
+            raise ConfigurationError(f"--mqtt-keepalive must be 0-65535 seconds, got {shown(keepalive)}")
         if not isinstance(connect_timeout, (int, float)) or connect_timeout <= 0:
             raise ConfigurationError(
-                f"--mqtt-connect-timeout must be a positive number of seconds, got {connect_timeout!r}"
+                f"--mqtt-connect-timeout must be a positive number of seconds, got {shown(connect_timeout)}"
             )
         if password is not None and username is None:
             raise ConfigurationError("--mqtt-password is set but --mqtt-username is not; set both")
@@ -2032,12 +2036,12 @@ class MQTTBackend:
         if initial_position not in ("earliest", "latest"):
             raise ConfigurationError(
                 f"consumer {subscription!r} on {topic}: initial_position must be 'earliest' or "
-                f"'latest', got {initial_position!r}"
+                f"'latest', got {shown(initial_position)}"
             )
         if consumer_type != "shared":
             raise UnsupportedError(
                 f"consumer {subscription!r} on {topic}: the MQTT backend gives only 'shared' "
-                f"subscriptions (MQTT shared subscriptions), not {consumer_type!r}"
+                f"subscriptions (MQTT shared subscriptions), not {shown(consumer_type)}"
             )
         prefetch = opts.get("prefetch", DEFAULT_PREFETCH)
         if prefetch is None:
@@ -2045,7 +2049,7 @@ class MQTTBackend:
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or not 0 < prefetch <= 65535:
             raise ConfigurationError(
                 f"consumer {subscription!r} on {topic}: prefetch must be 1-65535 (MQTT Receive "
-                f"Maximum), got {prefetch!r}"
+                f"Maximum), got {shown(prefetch)}"
             )
         self._check_open()
         consumer = MQTTConsumer(

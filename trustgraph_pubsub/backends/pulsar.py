@@ -163,7 +163,7 @@ from ..errors import (
     QueueNotFoundError,
     UnsupportedError,
 )
-from ..redact import redact_url
+from ..redact import redact_url, shown
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +215,29 @@ _HELD_LOCK = threading.Lock()
 
 
 _redact = redact_url
+
+
+def _check_service_url(url: str) -> None:
+    """Refuse a service URL the Pulsar client would choke on later, and say why.
+
+    Pulsar takes ``pulsar://host:port[,host:port...]``; it has no place for a
+    ``user:password@`` (credentials go in ``--pulsar-api-key``), so a URL with
+    one is refused, and never quoted with the password in it.
+    """
+    authority = url.split("://", 1)[1].split("/", 1)[0]
+    if "@" in authority:
+        raise ConfigurationError(
+            f"--pulsar-host {shown(url)}: Pulsar service URLs carry no user or password; "
+            "give a token with --pulsar-api-key (env PULSAR_API_KEY)"
+        )
+    for part in authority.split(","):
+        name, sep, port = part.rpartition(":")
+        if not sep:
+            name, port = part, "6650"
+        if not name or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigurationError(
+                f"--pulsar-host {shown(url)}: {shown(part)} is not host:port"
+            )
 
 
 def _qos(topic: str) -> str:
@@ -966,12 +989,13 @@ class PulsarBackend:
     ) -> None:
         if not isinstance(host, str) or not host.startswith(("pulsar://", "pulsar+ssl://")):
             raise ConfigurationError(
-                f"--pulsar-host {_redact(str(host))!r} is not a Pulsar service URL "
+                f"--pulsar-host {shown(str(host))} is not a Pulsar service URL "
                 "(expected pulsar://host:6650 or pulsar+ssl://host:6651)"
             )
+        _check_service_url(host)
         if admin_url is not None and not admin_url.startswith(("http://", "https://")):
             raise ConfigurationError(
-                f"--pulsar-admin-url {_redact(admin_url)!r} is not an HTTP URL "
+                f"--pulsar-admin-url {shown(admin_url)} is not an HTTP URL "
                 "(expected http://host:8080)"
             )
         for flag, value, low in (
@@ -981,7 +1005,7 @@ class PulsarBackend:
             ("--pulsar-max-message-size", max_message_size, METADATA_RESERVE + 1),
         ):
             if not isinstance(value, int) or value < low:
-                raise ConfigurationError(f"{flag} must be an integer >= {low}, got {value!r}")
+                raise ConfigurationError(f"{flag} must be an integer >= {low}, got {shown(value)}")
         self.host = host
         self.listener = listener
         self.admin_url = admin_url.rstrip("/") if admin_url else None
@@ -1199,17 +1223,17 @@ class PulsarBackend:
         naming.check_subscription(subscription, topic)
         if initial_position not in _POSITIONS:
             raise ConfigurationError(
-                f"initial_position {initial_position!r} for {topic}: expected 'earliest' or 'latest'"
+                f"initial_position {shown(initial_position)} for {topic}: expected 'earliest' or 'latest'"
             )
         if consumer_type not in _CONSUMER_TYPES:
             raise ConfigurationError(
-                f"consumer_type {consumer_type!r} for {topic}: expected one of "
+                f"consumer_type {shown(consumer_type)} for {topic}: expected one of "
                 f"{', '.join(sorted(_CONSUMER_TYPES))}"
             )
         prefetch = opts.get("prefetch")
         queue = 1000 if prefetch is None else int(prefetch)
         if queue < 1:
-            raise ConfigurationError(f"prefetch for {topic} must be >= 1, got {prefetch!r}")
+            raise ConfigurationError(f"prefetch for {topic} must be >= 1, got {shown(prefetch)}")
         client = await self._get_client()
         key = (self.host, native, subscription)
         self._hold(key, consumer_type, topic)

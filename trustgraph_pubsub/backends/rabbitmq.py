@@ -162,6 +162,7 @@ from ..errors import (
     QueueNotFoundError,
     UnsupportedError,
 )
+from ..redact import shown
 
 __all__ = ["RabbitMQBackend", "RabbitMQConsumer", "RabbitMQProducer"]
 
@@ -958,22 +959,22 @@ class RabbitMQBackend:
     ) -> None:
         if not isinstance(host, str) or not host or "/" in host:
             raise ConfigurationError(
-                f"--rabbitmq-host must be a host name or address, got {host!r}"
+                f"--rabbitmq-host must be a host name or address, got {shown(host)}"
             )
         if not isinstance(port, int) or not 0 < port < 65536:
-            raise ConfigurationError(f"--rabbitmq-port must be 1-65535, got {port!r}")
+            raise ConfigurationError(f"--rabbitmq-port must be 1-65535, got {shown(port)}")
         if not isinstance(username, str) or not username:
             raise ConfigurationError("--rabbitmq-username must not be empty")
         if not isinstance(password, str):
             raise ConfigurationError("--rabbitmq-password must be a string")
         if queue_type not in _QUEUE_TYPES:
             raise ConfigurationError(
-                f"--rabbitmq-queue-type must be one of {', '.join(_QUEUE_TYPES)}, got {queue_type!r}"
+                f"--rabbitmq-queue-type must be one of {', '.join(_QUEUE_TYPES)}, got {shown(queue_type)}"
             )
         if not isinstance(returns_per_redelivery, int) or returns_per_redelivery < 1:
             raise ConfigurationError(
                 "--rabbitmq-returns-per-redelivery must be an int >= 1, "
-                f"got {returns_per_redelivery!r}"
+                f"got {shown(returns_per_redelivery)}"
             )
         self.queue_type = queue_type
         self.returns_per_redelivery = returns_per_redelivery
@@ -1320,7 +1321,7 @@ class RabbitMQBackend:
         if initial_position not in _POSITIONS:
             raise ConfigurationError(
                 f"consumer on {topic}: initial_position must be 'earliest' or 'latest', "
-                f"got {initial_position!r}"
+                f"got {shown(initial_position)}"
             )
         if consumer_type not in _CONSUMER_TYPES:
             if consumer_type in ("exclusive", "failover"):
@@ -1331,14 +1332,14 @@ class RabbitMQBackend:
                 )
             raise ConfigurationError(
                 f"consumer on {topic}: consumer_type must be one of {sorted(_CONSUMER_TYPES)}, "
-                f"got {consumer_type!r}"
+                f"got {shown(consumer_type)}"
             )
         prefetch = opts.get("prefetch")
         if prefetch is None:
             prefetch = DEFAULT_PREFETCH
         if not isinstance(prefetch, int) or isinstance(prefetch, bool) or not 0 < prefetch < 65536:
             raise ConfigurationError(
-                f"consumer on {topic}: prefetch must be an int from 1 to 65535, got {prefetch!r}"
+                f"consumer on {topic}: prefetch must be an int from 1 to 65535, got {shown(prefetch)}"
             )
         what = f"subscribe {subscription!r} to {topic}"
         conn = await self._connection()
