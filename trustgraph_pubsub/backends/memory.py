@@ -8,8 +8,15 @@ process talk to each other.
 
 Semantics (the same as the broker backends, see ``trustgraph_pubsub.backend``):
 
-* a ``shared`` subscription splits messages between its consumers (whoever
-  asks first gets the next message); two subscriptions each get everything;
+* a ``shared`` subscription splits messages between its consumers in turn,
+  as brokers do: each attached consumer has a receive queue of ``prefetch``
+  messages (default ``DEFAULT_PREFETCH``), the subscription fills those queues
+  round-robin, and a consumer takes from its own queue.  So a backlog queued
+  before the consumers began to receive is spread over them, not drained by
+  whichever asks first (Pulsar's receiver queue; a consumer that attaches
+  first may hold up to ``prefetch`` of a backlog, as on a broker).  Messages
+  a consumer holds but has not received go back, uncounted, when it closes;
+  two subscriptions each get everything;
 * ``exclusive`` allows one consumer; ``failover`` allows many, and only the
   first attached receives until it closes (like Pulsar);
 * ``initial_position="earliest"`` on a *new* subscription replays the topic's
@@ -48,6 +55,7 @@ receive loop cannot starve other tasks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -81,6 +89,8 @@ __all__ = ["MemoryBackend", "MemoryConsumer", "MemoryHub", "MemoryProducer", "de
 DEFAULT_MAX_MESSAGE_SIZE = 5 * 1024 * 1024
 DEFAULT_RETAIN = 100_000
 _YIELD_EVERY = 64
+#: a consumer's receive queue unless ``create_consumer(prefetch=...)`` says otherwise.
+DEFAULT_PREFETCH = 100
 _CONSUMER_TYPES = ("shared", "exclusive", "failover")
 _POSITIONS = ("earliest", "latest")
 
@@ -116,9 +126,8 @@ class _Subscription:
     ephemeral: bool = False
     ready: deque[_Delivery] = field(default_factory=deque)
     consumers: list[MemoryConsumer] = field(default_factory=list)
-    waiters: deque[tuple[MemoryConsumer, asyncio.Future[_Delivery]]] = field(
-        default_factory=deque
-    )
+    #: index into ``consumers`` of the next one in turn
+    turn: int = 0
 
     def eligible(self, consumer: MemoryConsumer) -> bool:
         """Failover hands messages to the first attached consumer only."""
@@ -127,23 +136,25 @@ class _Subscription:
         return True
 
     def dispatch(self) -> None:
-        """Hand ready messages to waiting receivers, oldest waiter first."""
-        if not self.waiters or not self.ready:
-            return
-        skipped: deque[tuple[MemoryConsumer, asyncio.Future[_Delivery]]] = deque()
-        while self.waiters and self.ready:
-            consumer, fut = self.waiters.popleft()
-            if not _live(fut):
-                continue
-            if not self.eligible(consumer):
-                skipped.append((consumer, fut))
-                continue
-            delivery = self.ready.popleft()
-            consumer.track(delivery)
-            fut.set_result(delivery)
-        if skipped:
-            skipped.extend(self.waiters)
-            self.waiters = skipped
+        """Move ready messages into consumers' receive queues, one consumer after another."""
+        for gone in [c for c in self.consumers if c.loop_closed()]:
+            # Its event loop is gone, as a dead client's connection would be:
+            # drop it, and what it held goes back to the others.
+            gone._drop(ConnectionLostError(f"consumer on {gone.topic}: its event loop is closed"))
+        while self.ready and self.consumers:
+            if self.consumer_type == "failover":
+                order = self.consumers[:1]
+            else:
+                n = len(self.consumers)
+                order = [self.consumers[(self.turn + i) % n] for i in range(n)]
+            for i, consumer in enumerate(order):
+                if consumer.has_room():
+                    if self.consumer_type != "failover":
+                        self.turn = (self.turn + i + 1) % len(self.consumers)
+                    consumer.deliver(self.ready.popleft())
+                    break
+            else:
+                return  # every receive queue is full
 
     def requeue(self, deliveries: list[_Delivery], *, front: bool) -> None:
         """Return deliveries with one more redelivery counted."""
@@ -395,6 +406,7 @@ class MemoryConsumer:
         parsed: Topic,
         subscription: str,
         schema: type[Any] | None,
+        prefetch: int = DEFAULT_PREFETCH,
     ) -> None:
         self.topic = topic
         self.subscription = subscription
@@ -404,6 +416,13 @@ class MemoryConsumer:
         self._hub = backend.hub
         self._sub: _Subscription | None = None
         self._unacked: dict[int, _Delivery] = {}
+        self._prefetch = prefetch
+        #: delivered to this consumer, not yet received (Pulsar's receiver queue)
+        self._inbox: deque[_Delivery] = deque()
+        self._waiters: deque[asyncio.Future[_Delivery]] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        with contextlib.suppress(RuntimeError):  # made outside a loop: no loop to outlive
+            self._loop = asyncio.get_running_loop()
         self._error: Exception | None = None
         self._pacer = _Pacer()
 
@@ -411,6 +430,25 @@ class MemoryConsumer:
 
     def track(self, delivery: _Delivery) -> None:
         self._unacked[id(delivery)] = delivery
+
+    def loop_closed(self) -> bool:
+        return self._loop is not None and self._loop.is_closed()
+
+    def has_room(self) -> bool:
+        return len(self._inbox) < self._prefetch or bool(self._waiters)
+
+    def deliver(self, delivery: _Delivery, *, front: bool = False) -> None:
+        """Take a message: to a waiting receive, else into the receive queue."""
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if _live(fut):
+                self.track(delivery)
+                fut.set_result(delivery)
+                return
+        if front:
+            self._inbox.appendleft(delivery)
+        else:
+            self._inbox.append(delivery)
 
     def _detach(self) -> _Subscription | None:
         """Leave the subscription, returning unacked messages to it."""
@@ -423,10 +461,11 @@ class MemoryConsumer:
             sub.consumers.remove(self)
         pending = list(self._unacked.values())
         self._unacked.clear()
-        waiting = [(c, f) for c, f in sub.waiters if c is self]
-        if waiting:
-            sub.waiters = deque((c, f) for c, f in sub.waiters if c is not self)
-        for _, fut in waiting:
+        held, self._inbox = list(self._inbox), deque()
+        waiting, self._waiters = list(self._waiters), deque()
+        if sub.consumers:
+            sub.turn %= len(sub.consumers)
+        for fut in waiting:
             if _live(fut):
                 fut.set_exception(self._error or ClosedError(f"consumer on {self.topic} closed"))
         if sub.ephemeral and not sub.consumers:
@@ -435,8 +474,13 @@ class MemoryConsumer:
                 del sub.topic.subscriptions[sub.name]
             sub.ready.clear()
             return sub
-        # A failover subscription's next consumer may now be eligible.
-        sub.requeue(pending, front=True)
+        # What it held unreceived goes back as it was; what it received and
+        # did not ack comes again, counted.  Both go to the front, in order,
+        # and to the next consumers in turn (a failover standby among them).
+        for d in pending:
+            d.redeliveries += 1
+        sub.ready.extendleft(reversed(pending + held))
+        sub.dispatch()
         return sub
 
     def _drop(self, error: Exception) -> None:
@@ -460,19 +504,19 @@ class MemoryConsumer:
 
     async def receive(self, timeout: float | None = None) -> BaseMessage:  # noqa: ASYNC109 (contract)
         sub = self._check()
-        if sub.ready and sub.eligible(self) and not sub.waiters:
+        if self._inbox:
             # Yield (now and then) before taking the message, never after: a
             # receive cancelled while it yields must not hold a message.
             await self._pacer.tick()
             sub = self._check()
-            if sub.ready and sub.eligible(self) and not sub.waiters:
-                delivery = sub.ready.popleft()
+            if self._inbox:
+                delivery = self._inbox.popleft()
                 self.track(delivery)
+                sub.dispatch()  # room in the receive queue: the next in turn
                 return self._message(delivery)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[_Delivery] = loop.create_future()
-        waiter = (self, fut)
-        sub.waiters.append(waiter)
+        self._waiters.append(fut)
         sub.dispatch()
         timer = None
         if timeout is not None and not fut.done():
@@ -481,19 +525,19 @@ class MemoryConsumer:
             delivery = await fut
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled() and fut.exception() is None:
-                # Handed to us just as we were cancelled: give it back untouched.
+                # Handed to us just as we were cancelled: keep it, unreceived,
+                # at the front of this consumer's queue.
                 d = fut.result()
                 if self._unacked.pop(id(d), None) is not None and self._sub is not None:
-                    self._sub.ready.appendleft(d)
-                    self._sub.dispatch()
+                    self.deliver(d, front=True)
             raise
         finally:
             if timer is not None:
                 timer.cancel()
             # A waiter that was handed a delivery is already gone; test before
             # removing (a failed deque.remove formats the repr of what it sought).
-            if self._sub is not None and waiter in self._sub.waiters:
-                self._sub.waiters.remove(waiter)
+            if fut in self._waiters:
+                self._waiters.remove(fut)
         if self._error is not None:
             # Dropped after the hand-over: _detach already returned it.
             raise self._error
@@ -507,9 +551,8 @@ class MemoryConsumer:
                     f"within {timeout}s"
                 )
             )
-            waiter = (self, fut)
-            if self._sub is not None and waiter in self._sub.waiters:
-                self._sub.waiters.remove(waiter)
+            if fut in self._waiters:
+                self._waiters.remove(fut)
 
     def _delivery(self, message: Any) -> _Delivery:
         handle = getattr(message, "handle", None)
@@ -601,8 +644,9 @@ class MemoryBackend:
         consumer_type: ConsumerType = "shared",
         **opts: Any,
     ) -> MemoryConsumer:
-        """Subscribe.  ``prefetch`` is accepted and ignored: receivers pull.
-        ``ephemeral=True``: the subscription is removed when its last consumer
+        """Subscribe.  ``prefetch`` is the consumer's receive queue (default
+        ``DEFAULT_PREFETCH``), filled in turn with the subscription's other
+        consumers.  ``ephemeral=True``: the subscription is removed when its last consumer
         closes (see the module docstring)."""
         self._check()
         parsed = naming.parse(topic)
@@ -616,10 +660,14 @@ class MemoryBackend:
                 f"consumer_type {shown(consumer_type)} for {topic}: expected one of "
                 f"{', '.join(_CONSUMER_TYPES)}"
             )
-        consumer = MemoryConsumer(self, topic, parsed, subscription, schema)
+        prefetch = opts.get("prefetch") or DEFAULT_PREFETCH
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
+            raise ConfigurationError(f"prefetch for {topic} must be an int >= 1, got {shown(prefetch)}")
+        consumer = MemoryConsumer(self, topic, parsed, subscription, schema, prefetch)
         consumer._sub = self.hub._subscribe(
             consumer, parsed, initial_position, consumer_type, bool(opts.get("ephemeral"))
         )
+        consumer._sub.dispatch()
         self._consumers.add(consumer)
         return consumer
 
