@@ -6,7 +6,7 @@ functions; they never format native names themselves.
 
 | qos | Pulsar                         | RabbitMQ exchange / queue            | Kafka topic / group | MQTT topic              |
 |-----|--------------------------------|--------------------------------------|---------------------|-------------------------|
-| q0  | non-persistent://t/ns/queue    | t.ns.queue / t.ns.queue.subscription | t.ns.queue / sub    | t/ns/queue              |
+| q0  | non-persistent://t/ns/queue    | t.ns.queue / t.ns.queue:subscription | t.ns.queue / sub    | t/ns/queue              |
 | q1+ | persistent://t/ns/queue        | same names, durable                  | same                | same, $share/sub/... to share |
 
 The qos is not part of a queue's identity on RabbitMQ, Kafka and MQTT, so
@@ -96,20 +96,26 @@ def rabbitmq_exchange(name: str | Topic) -> str:
     return f"{t.tenant}.{t.namespace}.{t.queue}"
 
 
+#: joins a topic's exchange name and a subscription in a queue name; outside both
+#: alphabets, so topic "q" + subscription "a.b" and topic "q.a" + "b" stay apart.
+RABBITMQ_QUEUE_SEPARATOR = ":"
+
+
 def rabbitmq_queue(name: str | Topic, subscription: str) -> str:
+    """``tenant.namespace.queue:subscription``: one subscription's queue."""
     check_subscription(subscription, name)
-    return f"{rabbitmq_exchange(name)}.{subscription}"
+    return f"{rabbitmq_exchange(name)}{RABBITMQ_QUEUE_SEPARATOR}{subscription}"
 
 
 #: AMQP 0-9-1 exchange and queue names are short strings: at most 255 bytes.
 RABBITMQ_NAME_MAX = 255
-_RABBITMQ_REGISTRY_SUFFIX = ":subscriptions"
+_RABBITMQ_REGISTRY_SUFFIX = "::subscriptions"
 
 
 def rabbitmq_registry_queue(name: str | Topic) -> str:
-    """``tenant.namespace.queue:subscriptions``: the queue that remembers a topic's
+    """``tenant.namespace.queue::subscriptions``: the queue that remembers a topic's
     subscription queues, so that deleting the topic can find them without the
-    management API.  ``:`` is outside the subscription alphabet, so this name can
+    management API.  A subscription cannot start with ``:``, so this name can
     never be a subscription's queue.
     """
     return f"{rabbitmq_exchange(name)}{_RABBITMQ_REGISTRY_SUFFIX}"

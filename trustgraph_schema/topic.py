@@ -6,7 +6,10 @@ it to its native form in ``trustgraph_pubsub.naming`` and nowhere else.
 
 Every part is validated so that the same name is legal on all four brokers:
 ``[A-Za-z0-9_.-]+`` keeps out MQTT wildcards (``+`` ``#``), separators of
-the other brokers (``/`` ``:``) and whitespace.
+the other brokers (``/`` ``:``) and whitespace.  Tenants and namespaces also
+keep out ``.``, and no part is only dots: RabbitMQ and Kafka names join the
+parts with dots and Pulsar's admin API puts them in a URL path, so either
+would let a queue name reach outside its tenant and namespace.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Final
 from .errors import TopicError
 
 QOS_LEVELS: Final = ("q0", "q1", "q2")
+#: queue names; tenants and namespaces take the same without '.' (see ``_check_part``).
 _PART: Final = re.compile(r"[A-Za-z0-9_.-]+")
 _PART_NAMES: Final = ("qos", "tenant", "namespace", "queue")
 
@@ -65,6 +69,16 @@ def _check_part(part: str, value: object, name: str) -> None:
         raise TopicError(
             f"topic {name!r}: {part} {value!r} has characters outside [A-Za-z0-9_.-]: {''.join(bad)!r}"
         )
+    if part in ("tenant", "namespace") and "." in value:
+        # RabbitMQ and Kafka join the parts with dots: "a.b" + "c" and "a" + "b.c"
+        # would name one native queue, and a name could reach into another namespace.
+        raise TopicError(
+            f"topic {name!r}: {part} {value!r} contains '.'; tenants and namespaces use "
+            "[A-Za-z0-9_-] (brokers join them with dots, so a dot would let one namespace's "
+            "queue be another's)"
+        )
+    if not value.strip("."):
+        raise TopicError(f"topic {name!r}: {part} {value!r} is only dots (a path step, not a name)")
 
 
 def topic(queue: str, qos: str = "q1", tenant: str = "tg", namespace: str = "flow") -> str:

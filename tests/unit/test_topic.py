@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from trustgraph_schema import QOS_LEVELS, Topic, TopicError, parse_topic, topic
 from trustgraph_schema.errors import SchemaError
@@ -17,7 +19,7 @@ def test_defaults_and_every_part() -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["q0/tg/flow/a", "q1/Tenant_1/name.space/queue-name", "q2/a/b/c.d-e_f", "q1/0/1/2"],
+    ["q0/tg/flow/a", "q1/Tenant_1/name-space/queue.name", "q2/a/b/c.d-e_f", "q1/0/1/2"],
 )
 def test_valid_names_round_trip(name: str) -> None:
     parsed = parse_topic(name)
@@ -97,3 +99,56 @@ def test_non_strings_are_refused() -> None:
         parse_topic(5)  # type: ignore[arg-type]
     with pytest.raises(TopicError, match="queue must be a string, not NoneType"):
         topic(None)  # type: ignore[arg-type]
+
+
+# -- a queue name cannot reach outside its tenant and namespace ------------------
+
+_ESCAPES = ["..", ".", "...", "a/b", "../x", "x/..", "a#", "+", "$share", "a:b", "a b", "%2e%2e",
+            "a\x00b", "\u2215x", "q\n"]
+
+
+@pytest.mark.parametrize("queue", _ESCAPES)
+def test_a_queue_that_would_step_outside_is_refused(queue: str) -> None:
+    with pytest.raises(TopicError):
+        parse_topic(f"q1/tg/flow/{queue}")
+
+
+@pytest.mark.parametrize("part", ["tenant", "namespace"])
+def test_dotted_tenants_and_namespaces_are_refused(part: str) -> None:
+    """RabbitMQ and Kafka join the parts with dots: "flow.x" + "q" would be "flow" + "x.q"."""
+    name = "q1/tg.x/flow/q" if part == "tenant" else "q1/tg/flow.x/q"
+    with pytest.raises(TopicError, match=part):
+        parse_topic(name)
+
+
+@given(st.lists(st.text(alphabet="abz019_.-", min_size=1, max_size=6), min_size=6, max_size=6))
+def test_native_names_are_one_to_one(parts: list[str]) -> None:
+    """Two different (topic, subscription) pairs never share a native name on any broker."""
+    from trustgraph_pubsub import naming
+
+    pairs = []
+    for i in (0, 3):
+        t, ns, q = parts[i:i + 3]
+        try:
+            pairs.append((parse_topic(f"q1/{t}/{ns}/{q}"), naming.check_subscription(q + "s", "x")))
+        except (TopicError, naming.BadTopicError):
+            return
+    (a, sa), (b, sb) = pairs
+    if (a.identity, sa) == (b.identity, sb):
+        return
+    for native in (naming.pulsar_topic, naming.kafka_topic, naming.mqtt_topic,
+                   naming.rabbitmq_exchange):
+        assert (native(a) == native(b)) == (a.identity == b.identity), native.__name__
+    assert naming.rabbitmq_queue(a, sa) != naming.rabbitmq_queue(b, sb)
+    assert naming.kafka_group(a, sa) != naming.kafka_group(b, sb)
+    assert naming.mqtt_client_id(a, sa, 0) != naming.mqtt_client_id(b, sb, 0)
+    assert naming.rabbitmq_registry_queue(a) != naming.rabbitmq_queue(b, sb)
+    assert not naming.pulsar_admin_path(a).endswith("/..")
+
+
+def test_a_dotted_subscription_does_not_share_a_rabbitmq_queue_with_a_dotted_queue() -> None:
+    from trustgraph_pubsub import naming
+
+    assert naming.rabbitmq_queue("q1/tg/flow/q", "a.b") != naming.rabbitmq_queue("q1/tg/flow/q.a", "b")
+    assert naming.rabbitmq_registry_queue("q1/tg/flow/q") != naming.rabbitmq_queue(
+        "q1/tg/flow/q", "subscriptions")

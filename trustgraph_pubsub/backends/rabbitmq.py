@@ -10,7 +10,7 @@ escaping, and neither appears in a log line, a repr or an error message.
 Topology (names from ``trustgraph_pubsub.naming`` only):
 
 * a topic is a durable **fanout exchange** ``tenant.namespace.queue``; a
-  subscription is a queue ``tenant.namespace.queue.subscription`` bound to it,
+  subscription is a queue ``tenant.namespace.queue:subscription`` bound to it,
   so consumers of one subscription compete and two subscriptions fan out.  The
   exchange is durable whatever the qos: ``q0/t/n/x`` and ``q1/t/n/x`` name the
   same exchange, and a durable exchange costs nothing;
