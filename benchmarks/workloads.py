@@ -37,7 +37,7 @@ from typing import Any, Protocol
 
 from trustgraph_schema.topic import topic
 
-__all__ = ["TEXT", "Contender", "Payload", "Seen", "fresh", "pace", "payload_bytes", "warmup"]
+__all__ = ["TEXT", "Contender", "Payload", "Seen", "fresh", "pace", "payload_bytes", "payloads", "warmup"]
 
 TEXT = "x" * 1000  # with the JSON around it, about 1 KiB on the wire
 
@@ -49,6 +49,17 @@ class Payload:
     n: int
     t: float = 0.0
     text: str = ""
+
+
+def payloads(n: int) -> list[Payload]:
+    """The ``n`` messages of a throughput run, as the application holds them.
+
+    Every contender starts from these objects and encodes each one inside the
+    clock (the SDK's ``Producer`` does it in ``send``; the raw clients and
+    FastStream call the project's codec in their send loops), so that the
+    publish figures compare like with like.
+    """
+    return [Payload(i, 0.0, TEXT) for i in range(n)]
 
 
 def payload_bytes(n: int, t: float = 0.0) -> bytes:

@@ -13,7 +13,7 @@ import asyncio
 import time
 from typing import Any
 
-from benchmarks.workloads import TEXT, Payload, Seen, pace, run_pacer, warmup
+from benchmarks.workloads import TEXT, Payload, Seen, pace, payloads, run_pacer, warmup
 from trustgraph_pubsub import Consumer, Message, Producer, RequestResponse, Responder, get_pubsub
 
 CONCURRENCY = 8
@@ -29,7 +29,7 @@ class Sdk:
         await self.backend.close()
 
     async def produce(self, topic: str, n: int) -> float:
-        values = [Payload(i, 0.0, TEXT) for i in range(n)]
+        values = payloads(n)
         w = warmup(n)
         async with Producer(self.backend, topic, Payload) as producer:
             for v in values[:w]:

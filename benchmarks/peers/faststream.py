@@ -30,14 +30,15 @@ from typing import Any
 
 from faststream.middlewares import AckPolicy
 
-from benchmarks.workloads import Payload, Seen, payload_bytes, warmup
+from benchmarks.workloads import Payload, Seen, payloads, warmup
 from trustgraph_pubsub import naming
+from trustgraph_schema import codec
 
 WINDOW = 100
 PREFETCH = 100
 
 
-async def _windowed(send: Any, data: list[bytes]) -> None:
+async def _windowed(send: Any, data: list[Any]) -> None:
     """``await send(d)`` for each, ``WINDOW`` in flight at a time."""
     for start in range(0, len(data), WINDOW):
         await asyncio.gather(*(send(d) for d in data[start:start + WINDOW]))
@@ -95,33 +96,34 @@ class FastStream:
         return broker.subscriber(naming.mqtt_topic(topic), qos=QoS.AT_LEAST_ONCE, shared=sub,
                                  ack_policy=AckPolicy.ACK)
 
-    async def _publish_all(self, broker: Any, topic: str, data: list[bytes]) -> None:
+    async def _publish_all(self, broker: Any, topic: str, values: list[Payload]) -> None:
+        encode = codec.encode
         if self.kind == "kafka":
             native = naming.kafka_topic(topic)
-            futs = [await broker.publish(d, native, no_confirm=True) for d in data]
+            futs = [await broker.publish(encode(v), native, no_confirm=True) for v in values]
             await asyncio.gather(*futs)
         elif self.kind == "rabbitmq":
             from faststream.rabbit import RabbitExchange
 
             exchange = RabbitExchange(naming.rabbitmq_exchange(topic), declare=False)
-            await _windowed(lambda d: broker.publish(d, exchange=exchange, persist=True), data)
+            await _windowed(lambda v: broker.publish(encode(v), exchange=exchange, persist=True), values)
         else:
             from faststream.mqtt import QoS
 
             native = naming.mqtt_topic(topic)
-            await _windowed(lambda d: broker.publish(d, native, qos=QoS.AT_LEAST_ONCE), data)
+            await _windowed(lambda v: broker.publish(encode(v), native, qos=QoS.AT_LEAST_ONCE), values)
 
     # -- workloads ----------------------------------------------------------
 
     async def produce(self, topic: str, n: int) -> float:
-        data = [payload_bytes(i) for i in range(n)]
+        values = payloads(n)
         w = warmup(n)
         broker = self._broker()
         await broker.start()
         try:
-            await self._publish_all(broker, topic, data[:w])
+            await self._publish_all(broker, topic, values[:w])
             t0 = time.perf_counter()
-            await self._publish_all(broker, topic, data[w:])
+            await self._publish_all(broker, topic, values[w:])
             return time.perf_counter() - t0
         finally:
             await broker.stop()

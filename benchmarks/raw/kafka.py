@@ -21,7 +21,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from benchmarks.workloads import Payload, Seen, pace, payload_bytes, run_pacer, warmup
+from benchmarks.workloads import Payload, Seen, pace, payload_bytes, payloads, run_pacer, warmup
 from trustgraph_pubsub import naming
 from trustgraph_schema import codec
 
@@ -50,11 +50,12 @@ class Raw:
         prod = self.producer()
         await prod.start()
         try:
-            data = [payload_bytes(i) for i in range(n)]
+            values = payloads(n)
+            encode = codec.encode
             w = warmup(n)
-            await asyncio.gather(*[await prod.send(native, d) for d in data[:w]])
+            await asyncio.gather(*[await prod.send(native, encode(v)) for v in values[:w]])
             t0 = time.perf_counter()
-            futs = [await prod.send(native, d) for d in data[w:]]
+            futs = [await prod.send(native, encode(v)) for v in values[w:]]
             await asyncio.gather(*futs)
             return time.perf_counter() - t0
         finally:

@@ -27,7 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from benchmarks.workloads import Payload, Seen, pace, payload_bytes, run_pacer, warmup
+from benchmarks.workloads import Payload, Seen, pace, payload_bytes, payloads, run_pacer, warmup
 from trustgraph_pubsub import naming
 from trustgraph_schema import codec
 
@@ -99,21 +99,22 @@ class Raw:
 
     async def produce(self, topic: str, n: int) -> float:
         native = naming.mqtt_topic(topic)
-        data = [payload_bytes(i) for i in range(n)]
+        values = payloads(n)
+        encode = codec.encode
         w = warmup(n)
 
         def run() -> float:
             c, done, target = self._publisher()
             target[0] = w
-            for d in data[:w]:
-                c.publish(native, d, 1)
+            for v in values[:w]:
+                c.publish(native, encode(v), 1)
             if w and not done.wait(WAIT):
                 raise RuntimeError("warm-up publishes were not acknowledged")
             done.clear()
             target[0] = n
             t0 = time.perf_counter()
-            for d in data[w:]:
-                c.publish(native, d, 1)
+            for v in values[w:]:
+                c.publish(native, encode(v), 1)
             if not done.wait(300):
                 raise RuntimeError("publishes were not acknowledged")
             return time.perf_counter() - t0

@@ -20,7 +20,7 @@ from typing import Any
 import pulsar
 import pulsar.asyncio as pulsar_asyncio
 
-from benchmarks.workloads import Payload, Seen, pace, payload_bytes, run_pacer, warmup
+from benchmarks.workloads import Payload, Seen, pace, payload_bytes, payloads, run_pacer, warmup
 from trustgraph_pubsub import naming
 from trustgraph_schema import codec
 
@@ -43,14 +43,15 @@ class Raw:
         def run() -> float:
             p = self.client.create_producer(naming.pulsar_topic(topic), batching_enabled=True,
                                             max_pending_messages=n + 1, block_if_queue_full=True)
-            data = [payload_bytes(i) for i in range(n)]
+            values = payloads(n)
+            encode = codec.encode
             w = warmup(n)
-            for d in data[:w]:
-                p.send_async(d, None)
+            for v in values[:w]:
+                p.send_async(encode(v), None)
             p.flush()
             t0 = time.perf_counter()
-            for d in data[w:]:
-                p.send_async(d, None)
+            for v in values[w:]:
+                p.send_async(encode(v), None)
             p.flush()
             took = time.perf_counter() - t0
             p.close()

@@ -21,7 +21,7 @@ from typing import Any
 import pika
 from pika.adapters.asyncio_connection import AsyncioConnection
 
-from benchmarks.workloads import Payload, Seen, pace, payload_bytes, run_pacer, warmup
+from benchmarks.workloads import Payload, Seen, pace, payload_bytes, payloads, run_pacer, warmup
 from trustgraph_pubsub import naming
 from trustgraph_schema import codec
 
@@ -88,7 +88,8 @@ class Raw:
         ch, acked, event, _ = await self._publisher()
         exchange = naming.rabbitmq_exchange(topic)
         props = pika.BasicProperties(delivery_mode=2)
-        data = [payload_bytes(i) for i in range(n)]
+        values = payloads(n)
+        encode = codec.encode
         w = warmup(n)
 
         async def until(count: int) -> None:
@@ -96,12 +97,12 @@ class Raw:
                 event.clear()
                 await asyncio.wait_for(event.wait(), WAIT)
 
-        for d in data[:w]:
-            ch.basic_publish(exchange, "", d, props)
+        for v in values[:w]:
+            ch.basic_publish(exchange, "", encode(v), props)
         await until(w)
         t0 = time.perf_counter()
-        for d in data[w:]:
-            ch.basic_publish(exchange, "", d, props)
+        for v in values[w:]:
+            ch.basic_publish(exchange, "", encode(v), props)
         await until(n)
         took = time.perf_counter() - t0
         ch.close()
