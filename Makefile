@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint brokers bench venv clean
+.PHONY: demo test lint brokers bench soak venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ demo: $(STAMP)
 
 bench: $(STAMP) brokers
 	$(BIN)/python -m benchmarks.codec
+
+## The long modes of the reliability tests: a 10-minute mixed-traffic soak per
+## broker and 10,000 fuzz cases per service test (CI runs 12 s and 1,000).
+soak: $(STAMP) brokers
+	TG_SOAK_SECONDS=600 TG_FUZZ_EXAMPLES=10000 $(BIN)/python -m pytest -q -s -p no:cacheprovider \
+	  -o timeout=1200 tests/backends/test_soak.py tests/services/test_fuzz.py tests/services/test_secrets.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -377,7 +377,11 @@ class MemoryProducer:
                 f"message of {len(data)} bytes on {self.topic} exceeds the memory backend's "
                 f"limit of {limit} bytes; send a reference to the data instead, or split it"
             )
-        self._hub._publish(self._parsed, _Entry(data, props, key))
+        # Kept (retained log, queues) as an exact-size copy: the codec's encoder
+        # (orjson) hands back bytes whose allocation is kilobytes larger than
+        # their length, ten times a 1 KiB message, and a hub that retains
+        # 100,000 messages per topic would hold gigabytes of slack.
+        self._hub._publish(self._parsed, _Entry(bytes(memoryview(data)), props, key))
         await self._pacer.tick()
 
     async def flush(self) -> None:
