@@ -523,15 +523,8 @@ async def test_a_receive_cancelled_while_it_yields_holds_nothing(mb: MemoryBacke
     assert sorted(got) == list(range(200)), sorted(set(range(200)) - set(got))
 
 
-async def _drain(c: Any, wait: float = 0.05) -> list[int]:
-    got: list[int] = []
-    while True:
-        try:
-            m = await c.receive(timeout=wait)
-        except PubSubTimeoutError:
-            return got
-        got.append(m.value().n)
-        await c.acknowledge(m)
+async def _numbers(c: Any) -> list[int]:
+    return [m.value().n for m in await drain(c)]
 
 
 async def test_a_backlog_is_dealt_to_shared_consumers_in_turn(mb: MemoryBackend) -> None:
@@ -543,8 +536,8 @@ async def test_a_backlog_is_dealt_to_shared_consumers_in_turn(mb: MemoryBackend)
     p = await mb.create_producer(t, Item)
     for i in range(10):
         await p.send(Item(i))
-    got_a = await _drain(a)
-    got_b = await _drain(b)
+    got_a = await _numbers(a)
+    got_b = await _numbers(b)
     assert got_a == [0, 2, 4, 6, 8] and got_b == [1, 3, 5, 7, 9]
 
 
@@ -556,8 +549,8 @@ async def test_a_consumer_holds_at_most_prefetch_of_a_backlog(mb: MemoryBackend)
         await p.send(Item(i))
     a = await mb.create_consumer(t, "s", Item, prefetch=3)
     b = await mb.create_consumer(t, "s", Item, prefetch=3)
-    got_a = await _drain(a)  # b holds its 3 while a takes the rest
-    assert len(got_a) == 7 and sorted(got_a + await _drain(b)) == list(range(10))
+    got_a = await _numbers(a)  # b holds its 3 while a takes the rest
+    assert len(got_a) == 7 and sorted(got_a + await _numbers(b)) == list(range(10))
 
 
 async def test_closing_a_consumer_gives_back_what_it_held_uncounted(mb: MemoryBackend) -> None:
@@ -569,13 +562,6 @@ async def test_closing_a_consumer_gives_back_what_it_held_uncounted(mb: MemoryBa
         await p.send(Item(i))
     first = await b.receive(timeout=1)  # b received 1 (unacked) and holds 3 and 5
     await b.close()
-    seen = []
-    while True:
-        try:
-            m = await a.receive(timeout=0.05)
-        except PubSubTimeoutError:
-            break
-        seen.append((m.value().n, m.redelivery_count))
-        await a.acknowledge(m)
+    seen = [(m.value().n, m.redelivery_count) for m in await drain(a)]
     assert first.value().n == 1
     assert sorted(seen) == [(0, 0), (1, 1), (2, 0), (3, 0), (4, 0), (5, 0)]
