@@ -44,10 +44,12 @@ bench: $(STAMP) brokers
 	$(BIN)/python -m benchmarks.codec
 
 ## The long modes of the reliability tests: a 10-minute mixed-traffic soak per
-## broker and 10,000 fuzz cases per service test (CI runs 12 s and 1,000).
+## broker, 10,000 fuzz cases per service test and 40-second link stalls (CI runs
+## 12 s, 1,000 and 12 s).
 soak: $(STAMP) brokers
-	TG_SOAK_SECONDS=600 TG_FUZZ_EXAMPLES=10000 $(BIN)/python -m pytest -q -s -p no:cacheprovider \
-	  -o timeout=1200 tests/backends/test_soak.py tests/services/test_fuzz.py tests/services/test_secrets.py
+	TG_SOAK_SECONDS=600 TG_FUZZ_EXAMPLES=10000 TG_STALL_SECONDS=40 $(BIN)/python -m pytest -q -s \
+	  -p no:cacheprovider -o timeout=1200 tests/backends/test_soak.py tests/backends/test_stall.py \
+	  tests/services/test_fuzz.py tests/services/test_secrets.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

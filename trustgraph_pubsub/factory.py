@@ -72,6 +72,9 @@ BACKEND_OPTIONS: dict[str, tuple[Option, ...]] = {
         Option("returns_per_redelivery", "RABBITMQ_RETURNS_PER_REDELIVERY", 10, int,
                help="quorum queues: unsettled returns (a consumer that crashed holding the "
                "message) that count as one redelivery toward the dead-letter limit"),
+        Option("heartbeat", "RABBITMQ_HEARTBEAT", 30, int,
+               help="AMQP heartbeat in seconds: a stalled connection is noticed within about "
+               "twice this (0 turns heartbeats off)"),
     ),
     "mqtt": (
         Option("host", "MQTT_HOST", "localhost", help="MQTT broker host"),

@@ -33,6 +33,8 @@ class TcpProxy:
         self._holes = asyncio.Event()  # set: forwarding is off
         #: bytes thrown away while blackholed, client to broker and back
         self.discarded = 0
+        #: ``loop.time()`` of each connection accepted (a client reconnecting shows here)
+        self.accepted: list[float] = []
 
     @property
     def address(self) -> str:
@@ -62,6 +64,7 @@ class TcpProxy:
         self._links.clear()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted.append(asyncio.get_running_loop().time())
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.upstream)
         except OSError:
