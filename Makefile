@@ -47,8 +47,8 @@ bench: $(STAMP) brokers
 ## broker, 10,000 fuzz cases per service test and 40-second link stalls (CI runs
 ## 12 s, 1,000 and 12 s).
 soak: $(STAMP) brokers
-	TG_SOAK_SECONDS=600 TG_FUZZ_EXAMPLES=10000 TG_STALL_SECONDS=40 $(BIN)/python -m pytest -q -s \
-	  -p no:cacheprovider -o timeout=1200 tests/backends/test_soak.py tests/backends/test_stall.py \
+	TG_SOAK_SECONDS=600 TG_FUZZ_EXAMPLES=10000 TG_STALL_SECONDS=40 TG_KILL_KAFKA=1 $(BIN)/python -m pytest -q -s \
+	  -p no:cacheprovider -o timeout=1200 tests/backends/test_soak.py tests/backends/test_stall.py tests/backends/test_kill.py \
 	  tests/services/test_fuzz.py tests/services/test_secrets.py
 
 clean:

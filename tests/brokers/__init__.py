@@ -127,8 +127,8 @@ class Broker:
         """
         return None
 
-    async def restart(self) -> None:
-        """Stop and start the broker process, keeping its data."""
+    async def restart(self, kill: bool = False) -> None:
+        """Stop and start the broker process, keeping its data (``kill``: SIGKILL, no shutdown)."""
         raise NotImplementedError(f"{self.name} fixture cannot restart its broker")
 
 

@@ -125,10 +125,10 @@ class _Tansu:
             proc.kill()
             proc.wait(5)
 
-    async def restart(self) -> None:
+    async def restart(self, kill: bool = False) -> None:
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
             try:
                 await asyncio.to_thread(proc.wait, 5)
             except subprocess.TimeoutExpired:
@@ -210,7 +210,7 @@ class KafkaBroker(Broker):
             "kafka_sasl_password": BAD_PASSWORD,
         }
 
-    async def restart(self) -> None:
+    async def restart(self, kill: bool = False) -> None:
         if self._tansu is None:
             raise NotImplementedError("kafka fixture cannot restart a broker it did not start")
-        await self._tansu.restart()
+        await self._tansu.restart(kill)

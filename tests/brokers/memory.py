@@ -40,5 +40,5 @@ class MemoryBroker(Broker):
             raise ValueError(f"memory backend has no options {unknown}")
         return MemoryBackend(hub=self.hub)
 
-    async def restart(self) -> None:
+    async def restart(self, kill: bool = False) -> None:
         await self.hub.restart()

@@ -198,13 +198,14 @@ class MQTTBroker(Broker):
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
 
-    async def restart(self) -> None:
-        """SIGTERM (mosquitto saves its database), then start it again on the same port."""
+    async def restart(self, kill: bool = False) -> None:
+        """SIGTERM (mosquitto saves its database) or SIGKILL (what the last autosave
+        kept), then start it again on the same port."""
         if not self.can_restart:
             raise NotImplementedError("the mqtt fixture cannot restart a broker it did not start")
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
             deadline = time.monotonic() + 20
             while proc.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)

@@ -164,13 +164,13 @@ class PulsarBroker(Broker):
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
 
-    async def restart(self) -> None:
-        """SIGTERM, then the same binary on the same port and data path."""
+    async def restart(self, kill: bool = False) -> None:
+        """SIGTERM (or SIGKILL), then the same binary on the same port and data path."""
         if self.external:
             raise NotImplementedError("the pulsar fixture does not restart an external broker")
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
             for _ in range(200):
                 if proc.poll() is not None:
                     break

@@ -106,8 +106,13 @@ class RabbitMQBroker(Broker):
     def bad_credentials_config(self) -> dict[str, Any]:
         return {"rabbitmq_username": USERNAME, "rabbitmq_password": f"wrong-{uuid.uuid4().hex}"}
 
-    async def restart(self) -> None:
-        """``stop_app`` then ``start_app`` on the shared node; wait until AMQP answers."""
+    async def restart(self, kill: bool = False) -> None:
+        """``stop_app`` then ``start_app`` on the shared node; wait until AMQP answers.
+
+        The shared node is the machine's own service, so ``kill`` cannot SIGKILL
+        it: ``stop_app`` drops every connection at once, which is what a
+        client sees of a dead broker.
+        """
         if not self.can_restart:
             raise NotImplementedError("rabbitmqctl is not usable here (not local, or no cookie)")
         await rabbitmqctl("stop_app", limit=RESTART_TIMEOUT)
