@@ -129,12 +129,6 @@ class _Subscription:
     #: index into ``consumers`` of the next one in turn
     turn: int = 0
 
-    def eligible(self, consumer: MemoryConsumer) -> bool:
-        """Failover hands messages to the first attached consumer only."""
-        if self.consumer_type == "failover":
-            return bool(self.consumers) and self.consumers[0] is consumer
-        return True
-
     def dispatch(self) -> None:
         """Move ready messages into consumers' receive queues, one consumer after another."""
         for gone in [c for c in self.consumers if c.loop_closed()]:
@@ -156,14 +150,10 @@ class _Subscription:
             else:
                 return  # every receive queue is full
 
-    def requeue(self, deliveries: list[_Delivery], *, front: bool) -> None:
-        """Return deliveries with one more redelivery counted."""
-        for d in deliveries:
-            d.redeliveries += 1
-        if front:
-            self.ready.extendleft(reversed(deliveries))
-        else:
-            self.ready.extend(deliveries)
+    def nacked(self, delivery: _Delivery) -> None:
+        """A nacked message goes to the back, one more redelivery counted."""
+        delivery.redeliveries += 1
+        self.ready.append(delivery)
         self.dispatch()
 
 
@@ -576,7 +566,7 @@ class MemoryConsumer:
         delivery = self._delivery(message)
         sub = self._check()
         if self._unacked.pop(id(delivery), None) is not None:
-            sub.requeue([delivery], front=False)
+            sub.nacked(delivery)
 
     async def unsubscribe(self) -> None:
         sub = self._check()
