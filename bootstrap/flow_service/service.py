@@ -43,9 +43,20 @@ stop-flow is two-phase and resumable, like a Kubernetes finalizer:
 3. the ``flow-stopping`` entry is deleted.  It lives in a reserved
    workspace, so that write is not pushed: a stop costs one push.
 
+start-flow files its intent first (``__system__/flow-starting/<ws>:<id>``,
+the record it is about to write; reserved, so not pushed), then makes the
+queues, then writes the entries and the record and deletes the intent in one
+write.  A start that fails, or whose write's answer is lost, is *settled* by
+reading the store: if the flow record is there the start happened (and is
+answered as such); if not, the queues named by the intent and by no live flow
+or other intent are deleted, then the intent.  An intent left by a crash is
+settled by the next operation on that flow id or by the next start-up, so a
+killed flow-svc never leaves queues without a flow.
+
 A start of a flow id whose stop is still in progress is refused
-(``exists``).  At start-up the service finishes every stop it finds filed
-under ``flow-stopping`` and ensures the queues of running flows.  Operations on
+(``exists``).  At start-up the service settles every start it finds filed
+under ``flow-starting``, finishes every stop filed under ``flow-stopping``
+and ensures the queues of running flows.  Operations on
 one flow id, and on one blueprint, are serialised (hazard 4); several
 flow-svc replicas are not coordinated with each other, so run one.
 """
@@ -95,6 +106,8 @@ STOPPING = "stopping"
 SYSTEM = "__system__"
 #: type, in ``__system__``, of the records of flows being stopped; key ``<ws>:<id>``
 STOPPING_TYPE = "flow-stopping"
+#: type, in ``__system__``, of the intent records of flows being started; key ``<ws>:<id>``
+STARTING_TYPE = "flow-starting"
 
 
 def stopping_key(ws: str, fid: str) -> str:
@@ -286,6 +299,7 @@ class FlowService(OperationService):
         except BlueprintError as exc:
             raise RequestError("bad-request", str(exc)) from None
         async with self._lock("blueprint", ws, name), self._lock("flow", ws, fid):
+            await self._pending_start(ws, fid)
             if await self._cfg(self._config.get(ws, FLOW, fid)) is not None:
                 raise RequestError("exists", f"flow {fid!r} already exists in workspace {ws!r}")
             if await self._cfg(self._config.get(SYSTEM, STOPPING_TYPE, stopping_key(ws, fid))):
@@ -317,8 +331,6 @@ class FlowService(OperationService):
                         f"processor entry {key[0]}/{key[1]} already exists with another "
                         "definition (a flow of another blueprint uses that variant)",
                     )
-            others = await self._live_flows()
-            made = await self._ensure_queues(sorted(plan.queues))
             record = {
                 "description": r.description or "",
                 "blueprint-name": name,
@@ -329,40 +341,90 @@ class FlowService(OperationService):
                 "topics": sorted(plan.topics),
                 "status": RUNNING,
             }
+            intent = stopping_key(ws, fid)
+            # The intent first: a crash after the queues are made but before the
+            # flow is written leaves a record that says which queues to take back.
+            await self._cfg(self._config.put(SYSTEM, STARTING_TYPE, intent,
+                                             json.dumps(record, sort_keys=True)))
             try:
-                await self._cfg(self._config.put_many(
-                    ws,
-                    [(t, k, v) for (t, k), v in entries.items()]
-                    + [(FLOW, fid, json.dumps(record, sort_keys=True))],
+                await self._ensure_queues(sorted(plan.queues))
+                await self._cfg(self._config.write(
+                    [(ws, t, k, v) for (t, k), v in entries.items()]
+                    + [(ws, FLOW, fid, json.dumps(record, sort_keys=True))],
+                    [(SYSTEM, STARTING_TYPE, intent)],
                 ))
-            except BaseException:
-                await self._undo(made, others)
-                raise
+            except (RequestError, PubSubError):
+                # A write whose answer was lost may have landed: only the store can tell.
+                if not await self._settle_start(ws, fid, record):
+                    raise
         log.info("flow %s/%s started from %s: %d processors, %d queues",
                  ws, fid, name, len(plan.processors), len(plan.queues))
         return FlowResponse()
 
-    async def _ensure_queues(self, queues: list[Queue]) -> list[Queue]:
-        """Ensure every queue; on failure, delete the ones this call ensured and raise."""
-        made: list[Queue] = []
+    async def _settle_start(self, ws: str, fid: str, record: dict[str, Any]) -> bool:
+        """Resolve a start whose intent record is filed: True if the flow was written
+        (the start happened), False if it was not (its queues are taken back).
+
+        Retried with backoff for ``--config-timeout``; if the config service stays
+        unreachable the intent record stays, for the next operation on this flow
+        or the next start-up, and the error is raised."""
+        key = stopping_key(ws, fid)
+        backoff = Backoff(base=0.2, cap=2.0)
+        deadline = time.monotonic() + self.config_timeout
+        while True:
+            try:
+                if await self._config.get(ws, FLOW, fid) is not None:
+                    await self._config.delete(SYSTEM, STARTING_TYPE, key)
+                    return True
+                await self._undo([(q[0], q[1]) for q in record.get("queues", [])],
+                                 await self._live_flows(), exclude=(ws, fid))
+                await self._config.delete(SYSTEM, STARTING_TYPE, key)
+                return False
+            except (PubSubError, RequestError) as exc:
+                if isinstance(exc, RequestError) and exc.type != "unavailable":
+                    raise
+                if time.monotonic() > deadline:
+                    raise RequestError(
+                        "unavailable", f"the config service: {exc}; the start of flow {fid!r} "
+                        "is undone by the next operation on it or the next start-up"
+                    ) from exc
+                await backoff.sleep()
+
+    async def _starting(self, exclude: tuple[str, str]) -> list[dict[str, Any]]:
+        """The intent records of the other flows being started: their queues are
+        about to be named by a flow, so neither an undo nor a stop may delete them."""
+        texts = await self._cfg(self._config.values(SYSTEM, STARTING_TYPE))
+        return [_record(t) for k, t in texts.items() if k != stopping_key(*exclude)]
+
+    async def _pending_start(self, ws: str, fid: str) -> None:
+        """Settle the intent record a crashed or failed start left for this flow."""
+        text = await self._cfg(self._config.get(SYSTEM, STARTING_TYPE, stopping_key(ws, fid)))
+        if text is not None:
+            log.info("settling the start of flow %s/%s left unfinished", ws, fid)
+            await self._settle_start(ws, fid, _record(text))
+
+    async def _ensure_queues(self, queues: list[Queue]) -> None:
+        """Ensure every queue, or raise.  Nothing is undone here: a start takes its
+        queues back through its intent record (``_settle_start``), and the start-up
+        pass retries the queues of running flows, which must not be deleted."""
 
         async def one(q: Queue) -> None:
             async with self._queue_slots:
                 await self.backend.ensure_queue(*q)
-            made.append(q)
 
         results = await asyncio.gather(*(one(q) for q in queues), return_exceptions=True)
         failures = [(q, r) for q, r in zip(queues, results, strict=True) if isinstance(r, BaseException)]
         if failures:
             q, exc = failures[0]
-            await self._undo(made, [])
             raise RequestError(
                 "unavailable", f"cannot create queue {q[1]!r} on {q[0]}: {type(exc).__name__}: {exc}"
             )
-        return made
 
-    async def _undo(self, made: list[Queue], others: list[dict[str, Any]]) -> None:
-        keep = _owned(others, "queues")
+    async def _undo(self, made: list[Queue], others: list[dict[str, Any]],
+                    exclude: tuple[str, str]) -> None:
+        """Delete ``made`` but the queues a live flow (``others``), or another flow
+        being started (its intent record; ``exclude`` is this one's), names."""
+        keep = _owned(others + await self._starting(exclude), "queues")
         for q in made:
             if q in keep:
                 continue
@@ -374,6 +436,7 @@ class FlowService(OperationService):
     async def op_stop_flow(self, r: FlowRequest) -> FlowResponse:
         ws, fid = require(r.workspace, "workspace"), require(r.flow_id, "flow_id")
         async with self._lock("flow", ws, fid):
+            await self._pending_start(ws, fid)
             text = await self._cfg(self._config.get(ws, FLOW, fid))
             if text is None:
                 text = await self._cfg(self._config.get(SYSTEM, STOPPING_TYPE, stopping_key(ws, fid)))
@@ -409,7 +472,7 @@ class FlowService(OperationService):
         log.info("flow %s/%s stopped", ws, fid)
 
     async def _delete_queues(self, record: dict[str, Any], others: list[dict[str, Any]]) -> None:
-        keep_queues = _owned(others, "queues")
+        keep_queues = _owned(others + await self._starting(("", "")), "queues")
         keep_topics = {t for o in others for t in o.get("topics", [])}
         queues = [q for q in (tuple(q) for q in record.get("queues", [])) if q not in keep_queues]
         topics = [t for t in record.get("topics", []) if t not in keep_topics]
@@ -466,23 +529,26 @@ class FlowService(OperationService):
     # -- start-up -------------------------------------------------------------
 
     async def _recover(self) -> None:
-        """Finish stops left half-done, ensure queues of running flows (retrying what
-        fails with backoff until it succeeds); then idle."""
+        """Settle starts and finish stops left half-done, ensure the queues of running
+        flows (retrying what fails with backoff until it succeeds); then idle."""
         backoff = Backoff(base=0.5, cap=30.0)
-        todo: dict[tuple[str, str], tuple[bool, dict[str, Any]]] | None = None
+        todo: dict[tuple[str, str, str], dict[str, Any]] | None = None
         while todo is None or todo:
             try:
                 if todo is None:
                     await self._config.wait_until_up(self.config_timeout)
                     by_ws = await self._config.values_all_workspaces(FLOW)
-                    todo = {(ws, fid): (False, _record(text))
+                    todo = {(ws, fid, RUNNING): _record(text)
                             for ws, flows in by_ws.items() for fid, text in flows.items()}
-                    for key, text in (await self._config.values(SYSTEM, STOPPING_TYPE)).items():
-                        ws, _, fid = key.partition(":")
-                        todo[(ws, fid)] = (True, _record(text))
-                for (ws, fid), (stopping, record) in sorted(todo.items()):
+                    for kind in (STARTING_TYPE, STOPPING_TYPE):
+                        for key, text in (await self._config.values(SYSTEM, kind)).items():
+                            ws, _, fid = key.partition(":")
+                            todo[(ws, fid, kind)] = _record(text)
+                for (ws, fid, kind), record in sorted(todo.items()):
                     async with self._lock("flow", ws, fid):
-                        if stopping:
+                        if kind == STARTING_TYPE:
+                            await self._pending_start(ws, fid)
+                        elif kind == STOPPING_TYPE:
                             # a stop-flow request may have finished it meanwhile
                             key = stopping_key(ws, fid)
                             if await self._config.get(SYSTEM, STOPPING_TYPE, key) is not None:
@@ -492,7 +558,7 @@ class FlowService(OperationService):
                             await self._ensure_queues(
                                 [(q[0], q[1]) for q in record.get("queues", [])]
                             )
-                    del todo[(ws, fid)]
+                    del todo[(ws, fid, kind)]
                     backoff.reset()
             except (RequestError, PubSubError) as exc:
                 log.warning("start-up recovery: %s; retrying", exc)

@@ -473,6 +473,42 @@ class ControlPlaneBattery:
             if backend.capabilities.queue_lifecycle:
                 assert not await backend.queue_exists(shared_t, "worker")
 
+    async def test_a_start_cut_short_is_settled(self, cp: ControlPlane) -> None:
+        """What a flow-svc killed between making a flow's queues and writing the flow
+        leaves (an intent record and the queues) is taken back: at start-up, and by
+        the next operation on that flow id."""
+        await cp.start_config()
+        backend = cp.backend()
+        tag = uuid.uuid4().hex[:8]
+        shared_t, own_t = f"q1/tg/flow/cut-{tag}", f"q1/tg/flow/cut2-{tag}"
+
+        def intent(*topics: str) -> str:
+            return json.dumps({"queues": [[t, "worker"] for t in topics], "processors": [],
+                               "topics": list(topics), "status": "running"})
+
+        async def intents() -> dict[str, str]:
+            return await config.values("__system__", "flow-starting")
+
+        async with ConfigClient(backend, timeout=WAIT) as config:
+            await config.put("__system__", "flow-starting", "w:a", intent(shared_t))
+            await config.put("__system__", "flow-starting", "w:b", intent(shared_t))
+            await backend.ensure_queue(shared_t, "worker")
+            flow_svc = await cp.start_flow()
+            await asyncio.wait_for(flow_svc.recovered.wait(), WAIT)
+            assert await intents() == {}
+            if backend.capabilities.queue_lifecycle:
+                assert not await backend.queue_exists(shared_t, "worker")
+
+            await config.put("__system__", "flow-starting", "w:c", intent(own_t))
+            await backend.ensure_queue(own_t, "worker")
+            async with FlowClient(backend, timeout=WAIT) as flows:
+                with pytest.raises(ServiceError) as err:
+                    await flows.stop_flow("w", "c")
+                assert err.value.type == "not-found"
+            assert await intents() == {}
+            if backend.capabilities.queue_lifecycle:
+                assert not await backend.queue_exists(own_t, "worker")
+
     async def test_flow_requests_that_cannot_be_served(self, cp: ControlPlane) -> None:
         await cp.start_both()
         backend = cp.backend()
