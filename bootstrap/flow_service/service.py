@@ -51,7 +51,11 @@ reading the store: if the flow record is there the start happened (and is
 answered as such); if not, the queues named by the intent and by no live flow
 or other intent are deleted, then the intent.  An intent left by a crash is
 settled by the next operation on that flow id or by the next start-up, so a
-killed flow-svc never leaves queues without a flow.
+killed flow-svc never leaves queues without a flow.  A start or stop that
+fails as ``unavailable`` (the config service or the broker did not answer in
+time) is answered with that error and also settled in the background, with
+backoff from 1 s to 30 s, until it is done: the state converges even if
+nobody asks again.
 
 A start of a flow id whose stop is still in progress is refused
 (``exists``).  At start-up the service settles every start it finds filed
@@ -69,7 +73,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from bootstrap.service import OperationService, RequestError, require
@@ -151,6 +155,8 @@ class FlowService(OperationService):
         self._queue_slots = asyncio.Semaphore(QUEUE_CONCURRENCY)
         #: set when the start-up pass (resume stopping flows, ensure queues) has run
         self.recovered = asyncio.Event()
+        #: background settling of flows whose start or stop failed half-way
+        self._settling: dict[tuple[str, str], asyncio.Task[None]] = {}
         self.operations = {
             "list-blueprints": self.op_list_blueprints,
             "get-blueprint": self.op_get_blueprint,
@@ -186,6 +192,8 @@ class FlowService(OperationService):
         self.supervise("recover", self._recover)
 
     async def close_service(self) -> None:
+        for task in list(self._settling.values()):
+            task.cancel()
         if self.config is not None:
             await self.config.stop()
 
@@ -289,6 +297,11 @@ class FlowService(OperationService):
         ws = require(r.workspace, "workspace")
         fid = require(r.flow_id, "flow_id")
         name = require(r.blueprint_name, "blueprint_name")
+        with self._settled_later(ws, fid):
+            await self._start_flow(r, ws, fid, name)
+        return FlowResponse()
+
+    async def _start_flow(self, r: FlowRequest, ws: str, fid: str, name: str) -> None:
         if is_reserved(ws):
             raise RequestError(
                 "bad-request", f"workspace {ws!r} is reserved: flows run in ordinary workspaces"
@@ -359,7 +372,41 @@ class FlowService(OperationService):
                     raise
         log.info("flow %s/%s started from %s: %d processors, %d queues",
                  ws, fid, name, len(plan.processors), len(plan.queues))
-        return FlowResponse()
+
+    @contextlib.contextmanager
+    def _settled_later(self, ws: str, fid: str) -> Iterator[None]:
+        """If the operation fails as ``unavailable``, a start or stop of this flow may
+        be left filed: settle it in the background, so the state converges even if
+        nobody asks again."""
+        try:
+            yield
+        except (RequestError, PubSubError) as exc:
+            if not isinstance(exc, RequestError) or exc.type == "unavailable":
+                self._settle_later(ws, fid)
+            raise
+
+    def _settle_later(self, ws: str, fid: str) -> None:
+        if (ws, fid) not in self._settling:
+            task = asyncio.create_task(self._settle_until_done(ws, fid))
+            self._settling[(ws, fid)] = task
+            task.add_done_callback(lambda _: self._settling.pop((ws, fid), None))
+
+    async def _settle_until_done(self, ws: str, fid: str) -> None:
+        """Settle the flow's filed start and finish its filed stop, retrying with
+        backoff (1 s, doubling to 30 s) until both are done."""
+        backoff = Backoff(base=1.0, cap=30.0)
+        while True:
+            await backoff.sleep()
+            try:
+                async with self._lock("flow", ws, fid):
+                    await self._pending_start(ws, fid)
+                    text = await self._cfg(self._config.get(SYSTEM, STOPPING_TYPE, stopping_key(ws, fid)))
+                    if text is not None:
+                        log.info("retrying the stop of flow %s/%s", ws, fid)
+                        await self._finish_stop(ws, fid, _record(text))
+                return
+            except (RequestError, PubSubError) as exc:
+                log.warning("flow %s/%s is still not settled: %s; retrying", ws, fid, exc)
 
     async def _settle_start(self, ws: str, fid: str, record: dict[str, Any]) -> bool:
         """Resolve a start whose intent record is filed: True if the flow was written
@@ -435,6 +482,11 @@ class FlowService(OperationService):
 
     async def op_stop_flow(self, r: FlowRequest) -> FlowResponse:
         ws, fid = require(r.workspace, "workspace"), require(r.flow_id, "flow_id")
+        with self._settled_later(ws, fid):
+            await self._stop_flow(ws, fid)
+        return FlowResponse()
+
+    async def _stop_flow(self, ws: str, fid: str) -> None:
         async with self._lock("flow", ws, fid):
             await self._pending_start(ws, fid)
             text = await self._cfg(self._config.get(ws, FLOW, fid))
@@ -445,7 +497,6 @@ class FlowService(OperationService):
                 await self._finish_stop(ws, fid, _record(text))  # a stop left half-done
             else:
                 await self._stop(ws, fid, _record(text))
-        return FlowResponse()
 
     async def _stop(self, ws: str, fid: str, record: dict[str, Any]) -> None:
         """Phase 1 (one write, one push), then the rest."""
