@@ -1,58 +1,10 @@
-"""``Consumer``: a handler loop over one subscription that never crashes.
+"""``Consumer``: its settings, ``start``/``stop``, the worker loop and reconnects.
 
-Per message:
-
-1. ``msg.value()`` is decoded first; bytes that do not decode go to the
-   dead-letter topic at once (retrying cannot fix them).
-2. The handler runs.  Success acknowledges the message.
-3. A handler exception negatively acknowledges it (the broker redelivers),
-   unless it has already been redelivered ``max_redeliveries`` times: then it
-   is dead-lettered.  A message that arrives with a count already above the
-   limit (its earlier deliveries were never settled: a handler that crashes the
-   process, counted where the broker can) is dead-lettered without running
-   the handler again.  A handler therefore sees a poison message at most
-   ``max_redeliveries + 1`` times, and the stream behind it keeps flowing.
-
-Dead-lettering sends the original bytes, with the original properties plus
-``x-dlq-error``, ``x-dlq-error-type``, ``x-dlq-topic``,
-``x-dlq-subscription`` and ``x-dlq-deliveries``, to ``<queue>.dlq``; only
-once that send is flushed is the original acknowledged.  If the dead-letter
-send fails, the original is nacked instead, so nothing is lost.
-
-At most ``concurrency`` handlers run at once.  ``prefetch`` (how many
-messages the broker may push ahead of acks) is its own option, by default
-``DEFAULT_PREFETCH`` (100): with ``concurrency=1`` a prefetch of one would
-cost a broker round trip per message.  It is never below ``concurrency``
-(each handler needs a message), and it bounds what a consumer holds in
-memory to ``prefetch`` messages.  A lost connection (``ConnectionLostError`` or
-``BrokerConnectionError`` from the backend consumer) closes the backend
-consumer and recreates it with jittered backoff; handlers still running
-finish, and their acks to the dead consumer are dropped (the broker
-redelivers those messages, so delivery is at least once).
-
-``stop`` stops receiving, lets in-flight handlers finish (and be acked),
-then closes the backend consumer.  It never unsubscribes unless asked:
-the subscription is durable.
-
-``ephemeral=True`` asks the backend for an ephemeral subscription
-(``create_consumer(..., ephemeral=True)``): it belongs to this consumer and
-the broker deletes it when the consumer closes or its connection dies, so a
-crashed process leaves nothing behind.  After a lost connection the
-consumer recreates it, as a new, empty subscription: messages published
-in between (and any it held unacked) may be missed.  When an ephemeral
-consumer stops, its metrics label set is released (``Metrics.release``).
-
-How it stays cheap per message: a task per message (plus a semaphore and a
-done callback) cost more than the broker client's own receive and ack.
-Instead ``concurrency`` long-lived worker tasks take turns at the backend
-consumer.  The worker holding the *turn* receives a message and runs the
-handler inline, in the same task.  Only if that handler actually waits
-(the handler's coroutine suspends for the first time, or another worker
-comes back free) does the turn pass to
-another worker, which then receives the next message.  A handler that
-finishes without waiting therefore costs no task switch at all, and with
-``concurrency=1`` the single worker simply loops.  Handlers start in receive order, since the next receive happens
-only after the previous handler has started; ``Subscriber`` relies on it.
+The behaviour, and how the workers take turns at the backend consumer so that
+a message costs no task of its own, are described in the package docstring
+(``trustgraph_pubsub.consumer``).  The hot path is ``_work``: every message
+goes through it inline, so keep calls and lookups per message out of it
+(``_Watch`` wraps a handler only with ``concurrency > 1``).
 """
 
 from __future__ import annotations
@@ -62,13 +14,13 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable
 from types import CoroutineType
 from typing import Any, cast
 
-from . import naming
-from .backend import BackendConsumer, ConsumerType, InitialPosition, Message, PubSubBackend
-from .errors import (
+from .. import naming
+from ..backend import BackendConsumer, ConsumerType, InitialPosition, Message, PubSubBackend
+from ..errors import (
     BrokerConnectionError,
     ClosedError,
     ConfigurationError,
@@ -76,19 +28,17 @@ from .errors import (
     PubSubError,
     PubSubTimeoutError,
 )
-from .lifecycle import Lifecycle
-from .metrics import Metrics, default_metrics
-from .producer import Producer
-from .retry import Backoff, retry
+from ..lifecycle import Lifecycle
+from ..metrics import Metrics, default_metrics
+from ..producer import Producer
+from ..retry import Backoff, retry
+from .dead_letter import _DeadLettering
+from .turns import _Watch, _Worker
 
-log = logging.getLogger(__name__)
-
-__all__ = ["Consumer", "Handler"]
+#: the package's logger, ``trustgraph_pubsub.consumer``: one name for the consumer's records
+log = logging.getLogger(__package__)
 
 Handler = Callable[[Message], Awaitable[None]]
-
-#: longest ``x-dlq-error`` value; a traceback-sized message is cut here.
-DLQ_ERROR_MAX = 1000
 
 #: a worker yields to the event loop after this many messages in a row, in
 #: case its backend returns buffered messages without ever suspending.
@@ -103,59 +53,7 @@ DEFAULT_PREFETCH = 100
 _clock = time.monotonic
 
 
-class _Watch:
-    """Await a handler's coroutine; call ``on_suspend`` the first time it suspends.
-
-    This is ``await coro`` (the same values pass between the coroutine and the
-    task in both directions) with one hook: the turn passes to another worker
-    exactly when the handler first waits, so a handler that finishes without
-    waiting costs neither a task switch nor a scheduled callback.
-    """
-
-    __slots__ = ("coro", "on_suspend")
-
-    def __init__(self, coro: Coroutine[Any, Any, Any], on_suspend: Callable[[], None]) -> None:
-        self.coro = coro
-        self.on_suspend = on_suspend
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        coro = self.coro
-        try:
-            signal = coro.send(None)
-        except StopIteration as done:
-            return done.value
-        self.on_suspend()
-        while True:
-            thrown: BaseException | None = None
-            value: Any = None
-            try:
-                value = yield signal
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:
-                thrown = exc
-            # Outside the ``except`` block, so the handler sees the thrown error
-            # with the same context as under a plain ``await``.
-            try:
-                signal = coro.send(value) if thrown is None else coro.throw(thrown)
-            except StopIteration as done:
-                return done.value
-            finally:
-                thrown = None
-
-
-class _Worker:
-    """One of a consumer's worker tasks; ``busy`` while it handles a message."""
-
-    __slots__ = ("busy", "task")
-
-    def __init__(self) -> None:
-        self.busy = False
-        self.task: asyncio.Task[None] | None = None
-
-
-class Consumer(Lifecycle):
+class Consumer(Lifecycle, _DeadLettering):
     """Run ``handler`` on every message of ``subscription`` on ``topic``.
 
     ``dead_letter_topic`` defaults to ``naming.dead_letter_topic(topic)``
@@ -163,7 +61,7 @@ class Consumer(Lifecycle):
     name needs an explicit one.  ``start_deadline`` bounds how long ``start``
     retries an unreachable broker (None: forever); once started, reconnects
     retry until ``stop``.  ``ephemeral=True``: the subscription goes with this
-    consumer (see the module docstring); a reconnect recreates it empty.
+    consumer (see the package docstring); a reconnect recreates it empty.
     """
 
     def __init__(
@@ -517,95 +415,6 @@ class Consumer(Lifecycle):
             self._bc = bc
             self._m.reconnected()
             return bc
-
-    # -- one message --------------------------------------------------------
-
-    async def _undecodable(self, bc: BackendConsumer, msg: Message, exc: MessageDecodeError) -> None:
-        """Bytes that do not decode never will: dead-letter them at once."""
-        self._m.error()
-        log.warning(
-            "undecodable message on %s (subscription %r): dead-lettering: %s",
-            self.topic, self.subscription, exc,
-        )
-        await self._dead_letter(bc, msg, exc)
-
-    async def _overdelivered(self, bc: BackendConsumer, msg: Message) -> None:
-        """Delivered more often than any handler failure explains: earlier
-        deliveries never settled it (the process crashed in its handler, say).
-        Running the handler again could crash again: dead-letter it instead."""
-        self._m.error()
-        exc = PubSubError(
-            f"redelivery count {msg.redelivery_count} is over max_redeliveries="
-            f"{self.max_redeliveries}: earlier deliveries were never settled (its handler "
-            "may crash the process)"
-        )
-        log.warning(
-            "message on %s (subscription %r) %s; dead-lettering to %s",
-            self.topic, self.subscription, exc, self.dead_letter_topic,
-        )
-        await self._dead_letter(bc, msg, exc)
-
-    async def _failed(self, bc: BackendConsumer, msg: Message, exc: BaseException) -> None:
-        """The handler raised: nack for redelivery, or dead-letter after the last one."""
-        self._m.error()
-        deliveries = msg.redelivery_count + 1
-        if msg.redelivery_count >= self.max_redeliveries:
-            log.warning(
-                "handler for %s (subscription %r) failed on delivery %d: %s: %s; "
-                "dead-lettering to %s",
-                self.topic, self.subscription, deliveries, type(exc).__name__, exc,
-                self.dead_letter_topic,
-            )
-            await self._dead_letter(bc, msg, exc)
-        else:
-            log.warning(
-                "handler for %s (subscription %r) failed on delivery %d of %d: %s: %s",
-                self.topic, self.subscription, deliveries, self.max_redeliveries + 1,
-                type(exc).__name__, exc,
-            )
-            self._m.redelivered()
-            await bc.negative_acknowledge(msg)
-
-    async def _dlq_producer(self) -> Producer:
-        async with self._dlq_lock:
-            if self._dlq is None:
-                self._dlq = Producer(
-                    self.backend, self.dead_letter_topic, None, metrics=self._metrics_source
-                )
-            return self._dlq
-
-    async def _dead_letter(self, bc: BackendConsumer, msg: Message, exc: BaseException) -> None:
-        error = str(exc) or type(exc).__name__
-        if len(error) > DLQ_ERROR_MAX:
-            error = error[: DLQ_ERROR_MAX - 3] + "..."
-        props = dict(msg.properties())
-        props.update(
-            {
-                "x-dlq-error": error,
-                "x-dlq-error-type": type(exc).__name__,
-                "x-dlq-topic": self.topic,
-                "x-dlq-subscription": self.subscription,
-                "x-dlq-deliveries": str(msg.redelivery_count + 1),
-            }
-        )
-        try:
-            producer = await self._dlq_producer()
-            await producer.send(msg.data(), props)
-            await producer.flush()
-        except Exception as dexc:
-            # Back off before handing it back: a lasting failure (no right to
-            # publish there, say) must not spin the message through the broker.
-            delay = self._dlq_backoff.next_delay()
-            log.error(
-                "could not dead-letter a message from %s to %s (%s); nacking it in %.1fs",
-                self.topic, self.dead_letter_topic, dexc, delay,
-            )
-            await asyncio.sleep(delay)
-            await bc.negative_acknowledge(msg)
-            return
-        self._dlq_backoff.reset()
-        self._m.dead_lettered()
-        await bc.acknowledge(msg)
 
     def __repr__(self) -> str:
         return (
