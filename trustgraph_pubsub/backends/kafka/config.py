@@ -1,0 +1,113 @@
+"""Kafka settings: the tuning constants and the validation of the backend's options.
+
+``check_settings`` is what ``KafkaBackend`` runs on its constructor's
+arguments before keeping them; it does no I/O.  Kafka addresses carry no
+secrets (one with a ``user@`` part is refused, the SASL credentials have
+flags of their own), so nothing needs redacting in them; values shown in
+error messages go through ``redact.shown``.
+"""
+
+from __future__ import annotations
+
+from ...errors import ConfigurationError
+from ...redact import shown
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+#: Kafka refuses topic names longer than this.
+MAX_TOPIC_LENGTH = 249
+#: room for the record batch and header overhead above the payload limit.
+_OVERHEAD = 64 * 1024
+CLIENT_ID = "trustgraph-pubsub"
+
+#: background commit cadence: whichever comes first.
+COMMIT_INTERVAL = 0.5
+COMMIT_EVERY = 1000
+#: group membership: a member that stops heartbeating is dropped after the
+#: session timeout; heartbeats are frequent so that a rebalance (a consumer
+#: joining) is noticed within half a second by the other members.
+SESSION_TIMEOUT_MS = 10_000
+HEARTBEAT_INTERVAL_MS = 500
+#: how long a revoked partition waits for in-flight messages to be acked
+#: before its prefix is committed (fewer duplicates after a rebalance).
+REVOKE_GRACE = 1.0
+#: records taken from aiokafka's fetch buffer per call.
+FETCH_BATCH = 500
+#: producer futures kept before finished ones are swept.
+_SWEEP_AT = 4096
+
+
+def check_settings(
+    bootstrap_servers: str,
+    security_protocol: str,
+    sasl_mechanism: str | None,
+    sasl_username: str | None,
+    sasl_password: str | None,
+    *,
+    fetch_max_wait_ms: int,
+    partitions: int,
+    replication_factor: int,
+    retention_ms: int | None,
+    max_message_size: int,
+    connect_timeout: float,
+    join_timeout: float,
+    request_timeout_ms: int,
+) -> tuple[list[str], str, str]:
+    """Check the backend's settings; the bootstrap hosts, the security protocol
+    and the SASL mechanism, normalised.  Raises ``ConfigurationError`` naming
+    the flag at fault."""
+    if not isinstance(bootstrap_servers, str) or not bootstrap_servers.strip():
+        raise ConfigurationError(
+            "--kafka-bootstrap-servers must be host:port[,host:port...], got "
+            f"{shown(bootstrap_servers)}"
+        )
+    hosts = [h.strip() for h in bootstrap_servers.split(",")]
+    for h in hosts:
+        if "@" in h:
+            raise ConfigurationError(
+                f"--kafka-bootstrap-servers {shown(bootstrap_servers)}: addresses carry no "
+                "user or password; use --kafka-sasl-username and --kafka-sasl-password"
+            )
+        host, sep, port = h.rpartition(":")
+        if not h or (sep and (not host or not port.isdigit())):
+            raise ConfigurationError(
+                f"--kafka-bootstrap-servers: {shown(h)} is not host:port "
+                f"(in {shown(bootstrap_servers)})"
+            )
+    protocol = (security_protocol or "PLAINTEXT").upper()
+    if protocol not in SECURITY_PROTOCOLS:
+        raise ConfigurationError(
+            f"--kafka-security-protocol {shown(security_protocol)}: expected one of "
+            f"{', '.join(SECURITY_PROTOCOLS)}"
+        )
+    mechanism = (sasl_mechanism or "PLAIN").upper()
+    if protocol.startswith("SASL"):
+        if mechanism not in SASL_MECHANISMS:
+            raise ConfigurationError(
+                f"--kafka-sasl-mechanism {shown(sasl_mechanism)}: expected one of "
+                f"{', '.join(SASL_MECHANISMS)}"
+            )
+        if not sasl_username or sasl_password is None:
+            raise ConfigurationError(
+                f"--kafka-security-protocol {protocol} needs --kafka-sasl-username and "
+                "--kafka-sasl-password"
+            )
+    for flag, value, low in (
+        ("--kafka-fetch-max-wait-ms", fetch_max_wait_ms, 1),
+        ("--kafka-partitions", partitions, 1),
+        ("--kafka-replication-factor", replication_factor, 1),
+        ("--kafka-max-message-size", max_message_size, 1),
+        ("--kafka-request-timeout-ms", request_timeout_ms, 1),
+    ):
+        if not isinstance(value, int) or value < low:
+            raise ConfigurationError(f"{flag} must be an integer >= {low}, got {shown(value)}")
+    if retention_ms is not None and (not isinstance(retention_ms, int) or retention_ms < -1):
+        raise ConfigurationError(
+            f"--kafka-retention-ms must be -1 (forever) or a positive integer, got {shown(retention_ms)}"
+        )
+    for flag, t in (("--kafka-connect-timeout", connect_timeout),
+                    ("--kafka-join-timeout", join_timeout)):
+        if not isinstance(t, (int, float)) or t <= 0:
+            raise ConfigurationError(f"{flag} must be a positive number of seconds, got {shown(t)}")
+
+    return hosts, protocol, mechanism
