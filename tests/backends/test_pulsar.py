@@ -39,6 +39,7 @@ from trustgraph_pubsub import (
 )
 from trustgraph_pubsub.backends import pulsar as pb
 from trustgraph_pubsub.backends.pulsar import METADATA_RESERVE, PulsarBackend, PulsarProducer
+from trustgraph_pubsub.backends.pulsar import producer as pb_producer
 from trustgraph_schema.topic import topic as make_topic
 
 
@@ -378,7 +379,7 @@ class TestPulsarBackend:
 
     async def test_window_bounds_what_is_in_flight(self, broker: Broker, monkeypatch: Any) -> None:
         monkeypatch.setattr(pb, "WINDOW", 100)
-        monkeypatch.setattr(pb, "WATCH_DELAY", 3600)  # only window flushes confirm here
+        monkeypatch.setattr(pb_producer, "WATCH_DELAY", 3600)  # only window flushes confirm here
         b = broker.make_backend()
         try:
             name = fresh("window")
