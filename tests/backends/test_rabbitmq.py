@@ -381,7 +381,7 @@ async def test_receive_timeout_and_cancel(backend: RabbitMQBackend, names: Names
 async def test_too_large_is_refused_before_sending(
     backend: RabbitMQBackend, names: Names, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(rmq, "MAX_MESSAGE_SIZE", 1000)
+    monkeypatch.setattr(rmq.producer, "MAX_MESSAGE_SIZE", 1000)  # read by producer.py
     name = names.topic("big")
     p = await backend.create_producer(name, None)
     with pytest.raises(MessageTooLargeError) as err:
