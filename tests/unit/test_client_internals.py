@@ -26,7 +26,7 @@ import pytest
 PULSAR = "trustgraph_pubsub/backends/pulsar/"
 KAFKA = "trustgraph_pubsub/backends/kafka.py"
 RABBITMQ = "trustgraph_pubsub/backends/rabbitmq.py"
-MQTT = "trustgraph_pubsub/backends/mqtt.py"
+MQTT = "trustgraph_pubsub/backends/mqtt"
 
 
 def _broken(distribution: str, backend: str, internal: str, purpose: str) -> str:
@@ -365,7 +365,7 @@ def test_pika_channel_close_warning() -> None:
     ), _pika_broken("Channel's 'Received remote Channel.Close' warning", purpose)
 
 
-# -- paho-mqtt (trustgraph_pubsub/backends/mqtt.py) -------------------------------------
+# -- paho-mqtt (trustgraph_pubsub/backends/mqtt) ----------------------------------------
 
 
 def _paho_broken(internal: str, purpose: str) -> str:

@@ -1,0 +1,215 @@
+"""``_Wire``: the socket that stands in for paho's own, batching its writes.
+
+Only MQTT has this: paho writes each packet with its own ``send`` and reads a
+packet a few bytes at a time, so the backend drives the socket itself; the
+other brokers' clients own their I/O (C++ threads, asyncio transports).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+from typing import TYPE_CHECKING
+
+from .config import _CLOSE_TIMEOUT, _RECV_CHUNK, _WIRE_LOW
+
+if TYPE_CHECKING:
+    from .connection import _Link
+
+
+class _Wire:
+    """paho's socket, with writes gathered and sent once per loop iteration.
+
+    paho writes every packet with its own ``send`` call; acknowledging or
+    publishing a burst of messages then costs one system call (and, with
+    TCP_NODELAY, one TCP segment) each.  This stands in for the socket: a
+    ``send`` appends to a buffer and schedules one flush on the loop, where
+    the buffer goes out in as few ``send`` calls as the kernel takes; what it
+    does not take is written by an ``add_writer`` callback.  ``close`` sends
+    what is left (paho closes right after queueing DISCONNECT) before closing.
+    """
+
+    def __init__(self, sock: socket.socket, link: _Link) -> None:
+        self.sock = sock
+        self._link = link
+        self._loop = link.loop
+        self._out = bytearray()
+        self._in = b""
+        self._pos = 0
+        self._scheduled = False
+        self._writing = False
+        self._closing = False
+        self._reading = False
+        self._finished = False
+        self._deadline: asyncio.TimerHandle | None = None
+        self.failed = False
+        self.done: asyncio.Future[None] = self._loop.create_future()
+        self._drained: list[asyncio.Future[None]] = []
+
+    # -- what paho calls ------------------------------------------------------
+
+    def send(self, data: bytes | bytearray) -> int:
+        if self.failed or self._closing:
+            raise OSError("MQTT connection closed")
+        self._out += data
+        if not self._scheduled and not self._writing:
+            self._scheduled = True
+            self._loop.call_soon(self._flush)
+        return len(data)
+
+    def recv(self, size: int) -> bytes:
+        """paho reads a packet a few bytes at a time; serve that from one big read."""
+        data, pos = self._in, self._pos
+        if pos >= len(data):
+            data = self.sock.recv(max(size, _RECV_CHUNK))
+            if len(data) <= size:
+                self._in, self._pos = b"", 0
+                return data
+            pos = 0
+        end = pos + size
+        if end >= len(data):
+            self._in, self._pos = b"", 0
+            return data[pos:] if pos else data
+        self._in, self._pos = data, end
+        return data[pos:end]
+
+    @property
+    def has_input(self) -> bool:
+        """Bytes read from the socket that paho has not taken yet."""
+        return self._pos < len(self._in)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def setblocking(self, flag: bool) -> None:
+        self.sock.setblocking(flag)
+
+    def close(self) -> None:
+        """Send what is buffered, then close once the broker has read it all.
+
+        paho calls this right after queueing DISCONNECT.  The socket is only
+        half-closed once the buffer is out, and closed when the broker closes
+        its side: by then it has processed every ack before the DISCONNECT.
+        Closing at once could let a consumer that takes this session over next
+        overtake acks still unread in the broker's socket buffer, and have
+        those messages delivered again.  At once when off the loop or failed.
+        """
+        if self._closing:
+            return
+        self._closing = True
+        if self.failed or not self._on_loop():
+            self._finish()
+            return
+        self._deadline = self._loop.call_later(_CLOSE_TIMEOUT, self._finish)
+        self._flush()
+        if not self._out and not self.failed:
+            self._half_close()
+
+    def _half_close(self) -> None:
+        if self._reading or self._finished:
+            return
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+            self._loop.add_reader(self.sock, self._await_eof)
+        except (OSError, ValueError, RuntimeError):
+            self._finish()
+            return
+        self._reading = True
+
+    def _await_eof(self) -> None:
+        try:
+            data = self.sock.recv(_RECV_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._finish()
+
+    # -- the loop's side ----------------------------------------------------------
+
+    @property
+    def buffered(self) -> int:
+        return len(self._out)
+
+    def _on_loop(self) -> bool:
+        return threading.get_ident() == self._link.loop_thread
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        out = self._out
+        if not out or self.failed:
+            return
+        try:
+            n = self.sock.send(out)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError as exc:
+            self._fail(exc)
+            return
+        if n:
+            del out[:n]
+        if out:
+            if not self._writing:
+                self._writing = True
+                self._loop.add_writer(self.sock, self._flush)
+        else:
+            if self._writing:
+                self._writing = False
+                self._loop.remove_writer(self.sock)
+            if self._closing:
+                self._half_close()
+        if self._drained and (len(out) < _WIRE_LOW or not out):
+            waiters, self._drained = self._drained, []
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+
+    async def drained(self, *, empty: bool = False) -> None:
+        """Wait until the buffer is below the low-water mark, or ``empty`` (or the wire failed)."""
+        while not (self.failed or self._closing):
+            if not self._out if empty else len(self._out) < _WIRE_LOW:
+                return
+            fut: asyncio.Future[None] = self._loop.create_future()
+            self._drained.append(fut)
+            await fut
+
+    def _fail(self, exc: BaseException) -> None:
+        self.failed = True
+        self._out.clear()
+        self._finish()
+        if not self._closing:
+            self._link.broken(exc)
+
+    def _finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        if self._deadline is not None:
+            self._deadline.cancel()
+        if self._reading:
+            self._reading = False
+            with contextlib.suppress(ValueError, OSError, RuntimeError):
+                self._loop.remove_reader(self.sock)
+        if self._writing:
+            self._writing = False
+            with contextlib.suppress(ValueError, OSError, RuntimeError):
+                self._loop.remove_writer(self.sock)
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        waiters, self._drained = self._drained, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+        if self._on_loop():
+            if not self.done.done():
+                self.done.set_result(None)
+        else:
+            self._loop.call_soon_threadsafe(self._set_done)
+
+    def _set_done(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
