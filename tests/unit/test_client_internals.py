@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 
 PULSAR = "trustgraph_pubsub/backends/pulsar/"
-KAFKA = "trustgraph_pubsub/backends/kafka.py"
-RABBITMQ = "trustgraph_pubsub/backends/rabbitmq.py"
-MQTT = "trustgraph_pubsub/backends/mqtt"
+KAFKA = "trustgraph_pubsub/backends/kafka/"
+RABBITMQ = "trustgraph_pubsub/backends/rabbitmq/"
+MQTT = "trustgraph_pubsub/backends/mqtt/"
 
 
 def _broken(distribution: str, backend: str, internal: str, purpose: str) -> str:
@@ -155,7 +155,7 @@ def test_pulsar_raw_async_calls(cls: str, method: str, takes_message: bool, purp
         )
 
 
-# -- aiokafka (trustgraph_pubsub/backends/kafka.py) ------------------------------------
+# -- aiokafka (trustgraph_pubsub/backends/kafka/) -------------------------------------
 
 
 def _kafka_broken(internal: str, purpose: str) -> str:
@@ -292,7 +292,7 @@ def test_aiokafka_create_conn() -> None:
     )
 
 
-# -- pika (trustgraph_pubsub/backends/rabbitmq.py) --------------------------------------
+# -- pika (trustgraph_pubsub/backends/rabbitmq/) ---------------------------------------
 
 
 def _pika_broken(internal: str, purpose: str) -> str:
