@@ -169,6 +169,20 @@ def _options_for(name: str) -> tuple[Option, ...]:
     return BACKEND_OPTIONS.get(name, ())
 
 
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+def _truth(value: Any) -> bool:
+    """A bool option from a bool or a word (``true``/``false``, ``1``/``0``,
+    ``yes``/``no``, ``on``/``off``); ``bool("false")`` would be True."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError("not true/false")
+
+
 def _coerce(backend: str, opt: Option, value: Any) -> Any:
     """``value`` as the option's type, or a ``ConfigurationError`` naming the flag.
 
@@ -180,6 +194,8 @@ def _coerce(backend: str, opt: Option, value: Any) -> Any:
     if value is None:
         return value
     try:
+        if opt.type is bool:
+            return _truth(value)
         if opt.type is int and isinstance(value, float):
             if not math.isfinite(value) or not value.is_integer():
                 raise ValueError("not a whole number")
@@ -242,6 +258,11 @@ def add_pubsub_args(parser: argparse.ArgumentParser) -> None:
             flag = f"--{backend}-{opt.name.replace('_', '-')}"
             default = "(hidden)" if opt.secret and opt.default is not None else opt.default
             env = f"env {opt.env}, " if opt.env else ""
+            if opt.type is bool:  # ``--x-tls`` alone means true; ``--x-tls false`` too
+                parser.add_argument(flag, dest=f"{backend}_{opt.name}", default=None, nargs="?",
+                                    const=True, type=_truth,
+                                    help=f"{opt.help} ({env}default {default})")
+                continue
             parser.add_argument(
                 flag,
                 dest=f"{backend}_{opt.name}",
