@@ -44,12 +44,13 @@ bench: $(STAMP) brokers
 	$(BIN)/python -m benchmarks.codec
 
 ## The long modes of the reliability tests: a 10-minute mixed-traffic soak per
-## broker, 10,000 fuzz cases per service test and 40-second link stalls (CI runs
-## 12 s, 1,000 and 12 s).
+## broker, 10,000 fuzz cases per service test, 40-second link stalls and a
+## two-minute service-kill storm (CI runs 12 s, 1,000, 12 s and 20 s).
 soak: $(STAMP) brokers
-	TG_SOAK_SECONDS=600 TG_FUZZ_EXAMPLES=10000 TG_STALL_SECONDS=40 TG_KILL_KAFKA=1 $(BIN)/python -m pytest -q -s \
-	  -p no:cacheprovider -o timeout=1200 tests/backends/test_soak.py tests/backends/test_stall.py tests/backends/test_kill.py \
-	  tests/services/test_fuzz.py tests/services/test_secrets.py
+	TG_SOAK_SECONDS=600 TG_FUZZ_EXAMPLES=10000 TG_STALL_SECONDS=40 TG_KILL_KAFKA=1 TG_STORM_SECONDS=120 \
+	  $(BIN)/python -m pytest -q -s -p no:cacheprovider -o timeout=1200 \
+	  tests/backends/test_soak.py tests/backends/test_stall.py tests/backends/test_kill.py \
+	  tests/services/test_fuzz.py tests/services/test_secrets.py tests/services/test_storm.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
