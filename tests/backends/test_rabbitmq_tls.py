@@ -111,6 +111,20 @@ def payload(i: int) -> bytes:
     return head + b"x" * (i % 200)
 
 
+async def refused(config: dict[str, Any], error: type[Exception] = BrokerConnectionError,
+                  ) -> tuple[Exception, float]:
+    """What ``create_producer`` raises with ``config`` (it must be ``error``) and
+    how many seconds it took to say so."""
+    b = get_pubsub(**config)
+    start = time.monotonic()
+    try:
+        with pytest.raises(error) as info:
+            await b.create_producer(topic("refused"), None)
+    finally:
+        await b.close()
+    return info.value, time.monotonic() - start
+
+
 def _is_tls(backend: Any) -> bool:
     transport = getattr(backend._conn, "_transport", None)
     return isinstance(getattr(transport, "_sock", None), ssl.SSLSocket)
@@ -163,12 +177,7 @@ async def test_producer_and_consumer_move_2000_q1_messages(
 
 
 @dataclass
-class Req:
-    n: int
-
-
-@dataclass
-class Resp:
+class Number:  # both the request and the reply
     n: int
 
 
@@ -179,16 +188,17 @@ async def test_request_response(node: RabbitMQTLSNode, tls_backends: list[PubSub
     caller = get_pubsub(**node.backend_config())
     tls_backends += [service, caller]
 
-    async def handler(req: Req, props: dict[str, str]) -> Resp:
-        return Resp(req.n * 10)
+    async def handler(req: Number, props: dict[str, str]) -> Number:
+        return Number(req.n * 10)
 
-    async with Responder(service, rq, Req, rs, Resp, handler, subscription="svc", concurrency=8), \
-            RequestResponse(caller, rq, Req, rs, Resp) as rr:
-        assert await rr.request(Req(1), timeout=30) == Resp(10)
+    async with Responder(service, rq, Number, rs, Number, handler, subscription="svc",
+                         concurrency=8), \
+            RequestResponse(caller, rq, Number, rs, Number) as rr:
+        assert await rr.request(Number(1), timeout=30) == Number(10)
         start = time.monotonic()
-        replies = await asyncio.gather(*(rr.request(Req(n), timeout=30) for n in range(100)))
+        replies = await asyncio.gather(*(rr.request(Number(n), timeout=30) for n in range(100)))
         elapsed = time.monotonic() - start
-    assert replies == [Resp(n * 10) for n in range(100)]
+    assert replies == [Number(n * 10) for n in range(100)]
     print(f"\n100 concurrent requests over amqps in {elapsed:.2f}s")
     assert _is_tls(caller) and _is_tls(service)
     await service.delete_queue(rq)
@@ -261,15 +271,8 @@ async def test_untrusted_broker_certificate_is_a_connection_error(
 ) -> None:
     """Trusting the wrong authority: ``BrokerConnectionError`` naming the failed
     verification, at once (not a hang, not a bare ``ssl.SSLError``)."""
-    b = get_pubsub(**node.backend_config(rabbitmq_tls_ca_file=str(certs.other_ca)))
-    start = time.monotonic()
-    try:
-        with pytest.raises(BrokerConnectionError) as info:
-            await b.create_producer(topic("untrusted"), None)
-    finally:
-        await b.close()
-    elapsed = time.monotonic() - start
-    text = str(info.value)
+    exc, elapsed = await refused(node.backend_config(rabbitmq_tls_ca_file=str(certs.other_ca)))
+    text = str(exc)
     print(f"\nbad certificate reported in {elapsed:.3f}s: {text}")
     assert elapsed < REFUSED_WITHIN
     assert "certificate" in text and "verif" in text
@@ -282,12 +285,8 @@ async def test_untrusted_broker_certificate_is_a_connection_error(
 
 async def test_system_authorities_do_not_trust_a_private_ca(node: RabbitMQTLSNode) -> None:
     """No CA file: the system's authorities, which never signed the test CA."""
-    b = get_pubsub(**node.backend_config(rabbitmq_tls_ca_file=None))
-    try:
-        with pytest.raises(BrokerConnectionError, match="certificate verify failed"):
-            await b.create_producer(topic("system-ca"), None)
-    finally:
-        await b.close()
+    exc, _ = await refused(node.backend_config(rabbitmq_tls_ca_file=None))
+    assert "certificate verify failed" in str(exc)
 
 
 async def test_hostname_check_passes_for_a_name_in_the_certificate(
@@ -303,18 +302,12 @@ async def test_hostname_check_passes_for_a_name_in_the_certificate(
 async def test_wrong_port_is_reported_within_bounds(node: RabbitMQTLSNode) -> None:
     """TLS to the plain port, and plain AMQP to the TLS port, fail with a
     ``BrokerConnectionError`` rather than hanging; the first says amqps is elsewhere."""
-    tls_to_plain = get_pubsub(**node.backend_config(rabbitmq_port=node.amqp_port))
-    plain_to_tls = get_pubsub(**node.backend_config(
-        rabbitmq_tls=False, rabbitmq_tls_ca_file=None))
-    for b, hint in ((tls_to_plain, "amqps listener"), (plain_to_tls, "")):
-        start = time.monotonic()
-        try:
-            with pytest.raises(BrokerConnectionError) as info:
-                await b.create_producer(topic("wrong-port"), None)
-        finally:
-            await b.close()
-        assert time.monotonic() - start < 15
-        assert hint in str(info.value)
+    tls_to_plain = node.backend_config(rabbitmq_port=node.amqp_port)
+    plain_to_tls = node.backend_config(rabbitmq_tls=False, rabbitmq_tls_ca_file=None)
+    for config, hint in ((tls_to_plain, "amqps listener"), (plain_to_tls, "")):
+        exc, elapsed = await refused(config)
+        assert elapsed < 15
+        assert hint in str(exc)
 
 
 # -- mutual TLS: a node that requires a client certificate ------------------------------
@@ -340,18 +333,11 @@ async def test_client_certificate(mtls_node: RabbitMQTLSNode, certs: Certs) -> N
         await _round_trip(with_cert)
     finally:
         await with_cert.close()
-    without = get_pubsub(**mtls_node.backend_config())
-    start = time.monotonic()
-    try:
-        with pytest.raises(BrokerConnectionError) as info:
-            await without.create_producer(topic("no-client-cert"), None)
-    finally:
-        await without.close()
-    elapsed = time.monotonic() - start
-    print(f"\nno client certificate reported in {elapsed:.3f}s: {info.value}")
+    exc, elapsed = await refused(mtls_node.backend_config())
+    print(f"\nno client certificate reported in {elapsed:.3f}s: {exc}")
     assert elapsed < 15
-    assert "client certificate" in str(info.value)
-    assert "--rabbitmq-tls-cert-file" in str(info.value)
+    assert "client certificate" in str(exc)
+    assert "--rabbitmq-tls-cert-file" in str(exc)
 
 
 # -- (d) from flags and from the environment -----------------------------------------
@@ -409,12 +395,8 @@ async def test_flag_overrides_environment(
     """``--rabbitmq-tls-ca-file`` beats RABBITMQ_TLS_CA_FILE: the wrong CA from the
     flag is the one used."""
     clean_env.setenv("RABBITMQ_TLS_CA_FILE", str(certs.ca))
-    b = get_pubsub(**node.backend_config(rabbitmq_tls_ca_file=str(certs.other_ca)))
-    try:
-        with pytest.raises(BrokerConnectionError, match="certificate verify failed"):
-            await b.create_producer(topic("override"), None)
-    finally:
-        await b.close()
+    exc, _ = await refused(node.backend_config(rabbitmq_tls_ca_file=str(certs.other_ca)))
+    assert "certificate verify failed" in str(exc)
 
 
 # -- (f) the password stays out of everything ------------------------------------------
@@ -432,14 +414,9 @@ async def test_password_is_never_shown(
         ({"rabbitmq_port": node.amqp_port}, BrokerConnectionError),
     ]
     for overrides, error in cases:
-        b = get_pubsub(**node.backend_config(rabbitmq_password=secret, **overrides))
-        texts.append(repr(b))
-        try:
-            with pytest.raises(error) as info:
-                await b.create_producer(topic("secret"), None)
-        finally:
-            await b.close()
-        exc: BaseException | None = info.value
+        config = node.backend_config(rabbitmq_password=secret, **overrides)
+        texts.append(repr(get_pubsub(**config)))  # idle: nothing to close
+        exc: BaseException | None = (await refused(config, error))[0]
         while exc is not None:  # the whole chain, pika's exceptions included
             texts += [str(exc), repr(exc)]
             exc = exc.__cause__ or exc.__context__

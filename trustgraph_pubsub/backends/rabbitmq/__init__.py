@@ -163,10 +163,14 @@ pika to the minor versions that passed):
   (errors.py) reads to drop the 404 that answers a passive declare.
 * The ``exceptions`` list of ``AMQPConnectionWorkflowFailed`` and the
   ``exception`` of pika's connector phase errors
-  (``pika.adapters.utils.connection_workflow``), which ``_connect_reason``
+  (``pika.adapters.utils.connection_workflow``), which ``_innermost``
   (errors.py) unwraps to name the innermost cause of a failed connect
-  ("Connection refused"); read with ``getattr``, so without them the error
-  text is only less specific.
+  ("Connection refused", a failed certificate verification); read with
+  ``getattr``, so without them the error text is only less specific.
+* The text of pika's ``StreamLostError`` ("Stream connection lost:
+  SSLError(... tlsv13 alert certificate required ...)"), the only place a
+  broker's refusal of the client certificate survives; ``_connect_failure``
+  (errors.py) reads the alert from it to say a client certificate is wanted.
 """
 
 from __future__ import annotations
