@@ -62,7 +62,9 @@ BACKEND_OPTIONS: dict[str, tuple[Option, ...]] = {
     ),
     "rabbitmq": (
         Option("host", "RABBITMQ_HOST", "localhost", help="RabbitMQ host"),
-        Option("port", "RABBITMQ_PORT", 5672, int, help="RabbitMQ AMQP port"),
+        Option("port", "RABBITMQ_PORT", 5672, int,
+               help="RabbitMQ AMQP port (amqps listeners are usually on 5671: give it with "
+               "--rabbitmq-tls)"),
         Option("username", "RABBITMQ_USERNAME", "guest", help="RabbitMQ user"),
         Option("password", "RABBITMQ_PASSWORD", "guest", help="RabbitMQ password", secret=True),
         Option("vhost", "RABBITMQ_VHOST", "/", help="RabbitMQ virtual host"),
@@ -75,6 +77,19 @@ BACKEND_OPTIONS: dict[str, tuple[Option, ...]] = {
         Option("heartbeat", "RABBITMQ_HEARTBEAT", 30, int,
                help="AMQP heartbeat in seconds: a stalled connection is noticed within about "
                "twice this (0 turns heartbeats off)"),
+        Option("tls", "RABBITMQ_TLS", False, bool,
+               help="connect over TLS (amqps); the port stays --rabbitmq-port, so give the "
+               "broker's TLS listener (usually 5671)"),
+        Option("tls_ca_file", "RABBITMQ_TLS_CA_FILE", None,
+               help="PEM file of the authorities that sign the broker's certificate "
+               "(default: the system's)"),
+        Option("tls_cert_file", "RABBITMQ_TLS_CERT_FILE", None,
+               help="PEM client certificate, for brokers that ask for one (with --rabbitmq-tls-key-file)"),
+        Option("tls_key_file", "RABBITMQ_TLS_KEY_FILE", None,
+               help="PEM private key of --rabbitmq-tls-cert-file (unencrypted)"),
+        Option("tls_verify_hostname", "RABBITMQ_TLS_VERIFY_HOSTNAME", True, bool,
+               help="check the broker's certificate names --rabbitmq-host (the certificate "
+               "itself is always verified)"),
     ),
     "mqtt": (
         Option("host", "MQTT_HOST", "localhost", help="MQTT broker host"),

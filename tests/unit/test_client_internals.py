@@ -348,6 +348,29 @@ def test_pika_transport_tx_buffers_and_produce() -> None:
     )
 
 
+def test_pika_ssl_transport_action_slots() -> None:
+    from pika.adapters.utils import io_services_utils
+
+    tls = getattr(io_services_utils, "_AsyncSSLTransport", None)
+    purpose = _COALESCE + " over TLS (amqps)"
+    assert tls is not None and issubclass(tls, io_services_utils._AsyncTransportBase) and (
+        "_AsyncSSLTransport(" in _source(io_services_utils._AsyncStreamConnector)
+    ), _pika_broken("io_services_utils._AsyncSSLTransport (the amqps transport)", purpose)
+    init, produce = _source(tls.__init__), _source(tls._produce)
+    assert "self._ssl_readable_action" in init and "self._ssl_writable_action" in init, (
+        _pika_broken("_AsyncSSLTransport's _ssl_readable_action/_ssl_writable_action", purpose)
+    )
+    assert "super()._produce()" in produce and "self._ssl_writable_action == self._produce" in (
+        produce
+    ), _pika_broken(
+        "_AsyncSSLTransport._produce (sends through the base class's _produce and compares "
+        "its action slots with self._produce)", purpose
+    )
+    assert "self._ssl_writable_action()" in _source(tls._on_socket_writable), _pika_broken(
+        "_AsyncSSLTransport._on_socket_writable (runs _ssl_writable_action)", purpose
+    )
+
+
 def test_pika_channel_close_warning() -> None:
     import pika.channel
 

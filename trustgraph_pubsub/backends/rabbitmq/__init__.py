@@ -89,6 +89,17 @@ could not be refused a second one on q1/q2; failover would need the
 and so in conflict with shared use of the same subscription.  Both raise
 ``UnsupportedError``.
 
+TLS (amqps, ``tls=True``, flag ``--rabbitmq-tls``): pika wraps the socket in
+the ``ssl.SSLContext`` that ``trustgraph_pubsub.tls.client_context`` builds
+from ``tls_ca_file`` (default: the system's authorities), ``tls_cert_file`` /
+``tls_key_file`` (a client certificate, for a broker with
+``fail_if_no_peer_cert``) and ``tls_verify_hostname``; the context is built
+by the constructor, so a bad file fails ``get_pubsub`` naming its flag.  The
+port is not changed: amqps listens on 5671 by convention, so ``--rabbitmq-port
+5671`` goes with ``--rabbitmq-tls``.  A broker certificate that does not
+verify fails the connect with ``BrokerConnectionError`` saying why.  Credentials
+stay ``PlainCredentials`` inside the TLS stream.
+
 Options understood: ``prefetch`` on consumers (``basic.qos``; default
 ``DEFAULT_PREFETCH``); ``latency_bound`` on producers writes each message to
 the socket at once (pika does not batch, but it writes only on the next loop
@@ -138,15 +149,28 @@ pika to the minor versions that passed):
   ``pika.adapters.utils.io_services_utils._AsyncPlaintextTransport``
   (connection.py, ``_coalesce_writes``).  Without them pika writes as it
   would on its own.
+* Over TLS the transport is ``_AsyncSSLTransport``, whose ``_produce`` wraps
+  the base class's send loop in OpenSSL's WANT_READ/WANT_WRITE bookkeeping;
+  ``_coalesce_writes`` replaces ``_produce`` on it the same way (the joined
+  chunk starts with the one a WANT_WRITE left first in ``_tx_buffers``, and
+  Python's ``ssl`` lets a retried write move and grow), and relies on its
+  ``_ssl_readable_action``/``_ssl_writable_action`` slots: the one holding
+  the old ``_produce`` is re-pointed (pika asserts a slot equals
+  ``self._produce``), and latency-bound sends write at once only while
+  ``_ssl_writable_action`` is the coalescing ``_produce``.
 * The ``pika.channel`` logger's WARNING for a broker's Channel.Close, whose
   arguments ``(reply_code, reply_text, channel)`` ``_ExpectedNotFound``
   (errors.py) reads to drop the 404 that answers a passive declare.
 * The ``exceptions`` list of ``AMQPConnectionWorkflowFailed`` and the
   ``exception`` of pika's connector phase errors
-  (``pika.adapters.utils.connection_workflow``), which ``_connect_reason``
+  (``pika.adapters.utils.connection_workflow``), which ``_innermost``
   (errors.py) unwraps to name the innermost cause of a failed connect
-  ("Connection refused"); read with ``getattr``, so without them the error
-  text is only less specific.
+  ("Connection refused", a failed certificate verification); read with
+  ``getattr``, so without them the error text is only less specific.
+* The text of pika's ``StreamLostError`` ("Stream connection lost:
+  SSLError(... tlsv13 alert certificate required ...)"), the only place a
+  broker's refusal of the client certificate survives; ``_connect_failure``
+  (errors.py) reads the alert from it to say a client certificate is wanted.
 """
 
 from __future__ import annotations
@@ -161,7 +185,13 @@ from ...backend import Capabilities, ConsumerType, InitialPosition
 
 # ``X as X``: also re-exported, for code outside the package that imports them
 # from here.  The modules that use a knob read their own copy: patch it there.
-from .config import _CONSUMER_TYPES, RPC_TIMEOUT, _check_consumer_options, _check_settings
+from .config import (
+    _CONSUMER_TYPES,
+    RPC_TIMEOUT,
+    _check_consumer_options,
+    _check_settings,
+    _tls_context,
+)
 from .config import CONFIRM_TIMEOUT as CONFIRM_TIMEOUT
 from .config import CONNECT_TIMEOUT as CONNECT_TIMEOUT
 from .config import DEFAULT_PREFETCH as DEFAULT_PREFETCH
@@ -206,20 +236,26 @@ class RabbitMQBackend(_QueueLifecycle):
         queue_type: str = "quorum",
         returns_per_redelivery: int = 10,
         heartbeat: int = 30,
+        tls: bool = False,
+        tls_ca_file: str | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
+        tls_verify_hostname: bool = True,
     ) -> None:
         _check_settings(
             host, port, username, password, queue_type, returns_per_redelivery, heartbeat
         )
+        context = _tls_context(tls, tls_ca_file, tls_cert_file, tls_key_file, tls_verify_hostname)
         self.queue_type = queue_type
         self.returns_per_redelivery = returns_per_redelivery
-        super().__init__(host, port, username, password, vhost, heartbeat)
+        super().__init__(host, port, username, password, vhost, heartbeat, context)
         self._children: set[RabbitMQProducer | RabbitMQConsumer] = set()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "connected" if self._is_connected() else "idle"
         return (
-            f"<RabbitMQBackend {self.username}@{self.host}:{self.port} vhost={self.vhost!r} "
-            f"{state}>"
+            f"<RabbitMQBackend {'amqps' if self.tls else 'amqp'} "
+            f"{self.username}@{self.host}:{self.port} vhost={self.vhost!r} {state}>"
         )
 
     # -- the PubSubBackend API ----------------------------------------------------

@@ -6,17 +6,21 @@ Nothing here talks to the broker.  Every knob is read by the module that uses
 it (``from .config import ...``), so a test that changes one patches that
 module.  Nothing secret is ever shown: a refused setting is shown through
 ``trustgraph_pubsub.redact.shown``, and the password goes to pika only as
-``PlainCredentials`` (there is no ``amqp://`` URL to redact).
+``PlainCredentials`` (there is no ``amqp://`` URL to redact).  TLS (amqps)
+settings are checked, and their files loaded, by ``trustgraph_pubsub.tls``,
+the one place every backend builds its ``SSLContext``.
 """
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 import pika
 
 from ...errors import ConfigurationError, UnsupportedError
 from ...redact import shown
+from ...tls import client_context, tls_flag
 
 #: Seconds to open a connection before a refused/unreachable broker is reported.
 CONNECT_TIMEOUT = 10.0
@@ -75,6 +79,35 @@ def _check_settings(
         )
 
 
+def _tls_context(
+    tls: bool,
+    ca_file: str | None,
+    cert_file: str | None,
+    key_file: str | None,
+    verify_hostname: bool,
+) -> ssl.SSLContext | None:
+    """The client ``SSLContext`` for amqps (None when ``tls`` is off), its files
+    loaded now so that a bad one is refused by ``get_pubsub``, naming its flag."""
+    for value, flag in ((tls, "--rabbitmq-tls"), (verify_hostname, "--rabbitmq-tls-verify-hostname")):
+        if not isinstance(value, bool):
+            raise ConfigurationError(f"{flag} must be true or false, got {shown(value)}")
+    files = (("ca-file", ca_file), ("cert-file", cert_file), ("key-file", key_file))
+    for name, path in files:
+        if path is not None and not isinstance(path, str):
+            raise ConfigurationError(
+                f"{tls_flag('rabbitmq', name)} must be a file path, got {shown(path)}"
+            )
+    if not tls:
+        given = [tls_flag("rabbitmq", name) for name, path in files if path]
+        if given:
+            raise ConfigurationError(
+                f"{', '.join(given)} given but TLS is off: add --rabbitmq-tls "
+                "(RABBITMQ_TLS=true) and the broker's amqps port (usually --rabbitmq-port 5671)"
+            )
+        return None
+    return client_context(ca_file, cert_file, key_file, verify_hostname, "rabbitmq")
+
+
 def _check_consumer_options(
     topic: str, initial_position: str, consumer_type: str, prefetch: Any
 ) -> int:
@@ -112,10 +145,13 @@ def _connection_parameters(
     password: str,
     heartbeat: int,
     connection_name: str,
+    tls: ssl.SSLContext | None = None,
 ) -> pika.ConnectionParameters:
     """pika's parameters for one connection attempt (one try, no retry: the
-    backend reconnects on the next call)."""
+    backend reconnects on the next call); amqps when ``tls`` is a context,
+    which checks the certificate against ``host`` (and sends it as SNI)."""
     return pika.ConnectionParameters(
+        ssl_options=None if tls is None else pika.SSLOptions(tls, server_hostname=host),
         host=host,
         port=port,
         virtual_host=vhost,

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import ssl
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -27,7 +28,7 @@ from ...errors import (
     PubSubError,
 )
 from .config import CONNECT_TIMEOUT, RPC_TIMEOUT, _connection_parameters
-from .errors import _connect_reason, _translate_error
+from .errors import _connect_failure, _translate_error
 
 if TYPE_CHECKING:
     from .producer import RabbitMQProducer
@@ -131,6 +132,7 @@ class _BackendConnection:
         password: str,
         vhost: str,
         heartbeat: int,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         #: pika makes this the connection's heartbeat whatever the broker proposes
         #: (None used to take the broker's 60 s); a link that goes quiet is
@@ -141,6 +143,8 @@ class _BackendConnection:
         self.username = username
         self.vhost = vhost or "/"
         self.__password = password
+        #: the amqps client context (``trustgraph_pubsub.tls``), None for plain AMQP
+        self.__tls = tls
         #: shown to operators (``rabbitmqctl list_connections user_provided_name``)
         self._connection_name = f"trustgraph-pubsub:{os.getpid()}:{id(self):x}"
         self._conn: Any = None
@@ -153,8 +157,14 @@ class _BackendConnection:
         self._closed = False
 
     @property
+    def tls(self) -> bool:
+        """Whether the connection is amqps."""
+        return self.__tls is not None
+
+    @property
     def _where(self) -> str:
-        return f"{self.host}:{self.port} (vhost {self.vhost!r})"
+        tls = ", TLS" if self.__tls is not None else ""
+        return f"{self.host}:{self.port} (vhost {self.vhost!r}{tls})"
 
     def _is_connected(self) -> bool:
         return self._conn is not None and bool(self._conn.is_open)
@@ -196,6 +206,7 @@ class _BackendConnection:
             self.__password,
             self.heartbeat,
             self._connection_name,
+            self.__tls,
         )
         opened: asyncio.Future[Any] = loop.create_future()
         closed: asyncio.Future[None] = loop.create_future()
@@ -250,10 +261,7 @@ class _BackendConnection:
                 "check --rabbitmq-vhost (RABBITMQ_VHOST)"
             ) from exc
         except Exception as exc:
-            raise BrokerConnectionError(
-                f"cannot connect to RabbitMQ at {self._where}: {_connect_reason(exc)}; is the broker "
-                "running? check --rabbitmq-host/--rabbitmq-port (RABBITMQ_HOST/RABBITMQ_PORT)"
-            ) from exc
+            raise BrokerConnectionError(_connect_failure(exc, self._where, self.tls)) from exc
         self._conn_closed = closed
         self._flush_now = _coalesce_writes(conn)
         log.debug("connected to RabbitMQ at %s", self._where)
@@ -320,7 +328,11 @@ def _coalesce_writes(conn: Any) -> Callable[[], None] | None:
     Joining the queued chunks, up to ``_COALESCE_MAX`` bytes per write, keeps
     the bytes and their order and only cuts the system calls.  The transport
     internals used (``_tx_buffers``, ``_produce``) exist in pika 1.3 and 1.4;
-    without them pika's own behaviour is kept.
+    without them pika's own behaviour is kept.  Over TLS each ``send()`` is
+    also one TLS record, so joining saves encryption overhead too; the TLS
+    transport's own ``_produce`` still does the sending and its WANT_READ /
+    WANT_WRITE handling (a chunk left unsent by WANT_WRITE stays first, and
+    Python's ``ssl`` accepts the retried write moved and grown).
 
     Returns a function that sends what is queued now, or None.  pika writes
     only when the loop next reports the socket writable, one iteration later;
@@ -356,9 +368,20 @@ def _coalesce_writes(conn: Any) -> Callable[[], None] | None:
         produce()
 
     transport._produce = coalescing_produce
+    # The TLS transport (``_AsyncSSLTransport``) keeps ``self._produce`` in its
+    # reader/writer action slots and asserts that a slot holding it equals
+    # ``self._produce``: a slot bound before the swap (frames queued while
+    # connecting) would fail that check and abort the connection, so it is
+    # pointed at the new one.
+    tls = hasattr(transport, "_ssl_writable_action")
+    for slot in ("_ssl_readable_action", "_ssl_writable_action"):
+        if getattr(transport, slot, None) == produce:
+            setattr(transport, slot, coalescing_produce)
 
     def flush_now() -> None:
-        if buffers:
+        # TLS: only when the transport is waiting to write frames; it may be
+        # waiting to read first (OpenSSL's WANT_READ), or have nothing to do.
+        if buffers and (not tls or transport._ssl_writable_action is coalescing_produce):
             writable()
 
     return flush_now

@@ -7,6 +7,8 @@ this queue exist?", the only way AMQP has to ask.
 from __future__ import annotations
 
 import logging
+import re
+import ssl
 import weakref
 from typing import Any
 
@@ -21,6 +23,7 @@ from ...errors import (
     PubSubTimeoutError,
     QueueNotFoundError,
 )
+from ...tls import certificate_failure
 from .config import RPC_TIMEOUT
 
 
@@ -102,8 +105,49 @@ def _translate_error(exc: BaseException, what: str, username: str, where: str) -
     return PubSubError(f"{what}: {type(exc).__name__}: {_reason(exc)}")
 
 
-def _connect_reason(exc: BaseException) -> str:
-    """The innermost cause of a failed pika connection workflow ("Connection refused")."""
+#: a broker's TLS alert about the client's certificate (none given, or not
+#: trusted); pika flattens it into a ``StreamLostError``'s text, so it is read there
+_CLIENT_CERT_ALERT = re.compile(
+    r"\b(?:tls|ssl)v\d+ alert (?:certificate required|bad certificate|unknown ca|"
+    r"certificate unknown|certificate expired|certificate revoked|unsupported certificate)"
+)
+
+
+def _connect_failure(exc: BaseException, where: str, tls: bool) -> str:
+    """What a ``BrokerConnectionError`` says about a failed connect to ``where``:
+    the innermost cause, and for a broker certificate that did not verify, why
+    and which flags to check (never a bare ``ssl.SSLError``)."""
+    inner = _innermost(exc)
+    cert = certificate_failure(inner) or certificate_failure(exc)
+    if cert is not None:
+        return (
+            f"cannot connect to RabbitMQ at {where}: the broker's TLS certificate failed "
+            f"verification ({cert}); check that --rabbitmq-tls-ca-file (RABBITMQ_TLS_CA_FILE) "
+            "holds the authority that signed it and that --rabbitmq-host is a name in it "
+            "(or --rabbitmq-tls-verify-hostname false)"
+        )
+    alert = _CLIENT_CERT_ALERT.search(str(inner)) if tls else None
+    if alert is not None:
+        return (
+            f"cannot connect to RabbitMQ at {where}: the broker wants a TLS client certificate "
+            f"signed by an authority it trusts ({alert.group(0)}); give one with "
+            "--rabbitmq-tls-cert-file and --rabbitmq-tls-key-file "
+            "(RABBITMQ_TLS_CERT_FILE/RABBITMQ_TLS_KEY_FILE)"
+        )
+    if tls and isinstance(inner, ssl.SSLError):
+        return (
+            f"cannot connect to RabbitMQ at {where}: TLS handshake failed ({_connect_reason(exc)}); "
+            "is --rabbitmq-port (RABBITMQ_PORT) the broker's amqps listener (usually 5671)?"
+        )
+    return (
+        f"cannot connect to RabbitMQ at {where}: {_connect_reason(exc)}; is the broker "
+        "running? check --rabbitmq-host/--rabbitmq-port (RABBITMQ_HOST/RABBITMQ_PORT)"
+    )
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    """The innermost cause of a failed pika connection workflow (a ``ConnectionRefusedError``,
+    an ``ssl.SSLCertVerificationError`` ...), through pika's wrappers."""
     seen = 0
     while seen < 5:
         seen += 1
@@ -123,6 +167,12 @@ def _connect_reason(exc: BaseException) -> str:
             exc = exc.args[0]
             continue
         break
+    return exc
+
+
+def _connect_reason(exc: BaseException) -> str:
+    """The innermost cause of a failed pika connection workflow ("Connection refused")."""
+    exc = _innermost(exc)
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return _reason(exc)
