@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ...errors import BrokerConnectionError, ClosedError, ConnectionLostError, PubSubError
 from .config import _CLOSE_TIMEOUT, _MISC_INTERVAL, _READ_BATCH
-from .errors import refused, unreachable
+from .errors import connect_failed, refused, unreachable
 from .packets import _properties
 from .wire import _Wire
 
@@ -76,6 +77,10 @@ class _Link:
         c.max_queued_messages_set(0)
         if backend.username is not None:
             c.username_pw_set(backend.username, backend.password)
+        if backend.tls_context is not None:
+            # paho wraps the socket and does the handshake inside connect(), in the
+            # executor, within connect_timeout; the SSLSocket is then ``_Wire``'s.
+            c.tls_set_context(backend.tls_context)
         # Every callback is set before connect(): a resumed session's queued
         # messages arrive right after CONNACK.
         self._message = on_message
@@ -141,9 +146,11 @@ class _Link:
         except (OSError, ValueError) as exc:
             raise unreachable(b, exc) from exc
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            tls_error = self._tls_refusal()
             self._drop_socket()
-            raise BrokerConnectionError(
-                f"cannot connect to the MQTT broker at {b.where}: {mqtt.error_string(rc)}"
+            raise connect_failed(
+                b, f"cannot connect to the MQTT broker at {b.where}: {mqtt.error_string(rc)}",
+                tls_error,
             )
         self._attach()
         try:
@@ -158,6 +165,21 @@ class _Link:
         except BaseException:
             self._drop_socket()
             raise
+
+    def _tls_refusal(self) -> ssl.SSLError | None:
+        """The TLS alert that made paho's CONNECT fail (a broker refusing our certificate)."""
+        sock = self._client.socket()
+        if not isinstance(sock, ssl.SSLSocket):
+            return None
+        try:
+            sock.recv(1)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            pass
+        except ssl.SSLError as exc:
+            return exc
+        except OSError:
+            pass
+        return None
 
     def _attach(self) -> None:
         sock = self._client.socket()
@@ -251,9 +273,12 @@ class _Link:
             return
         self.kick()
         wire = self.wire
-        if wire is not None and wire.has_input and self._sock is not None:
-            # The kernel has nothing more to say, so no readable event will come for these.
-            self.loop.call_soon(self._readable)
+        if wire is not None and self._sock is not None:
+            wire.read_done()
+            if wire.has_input and self._sock is not None:
+                # Read already, or decrypted and held by TLS: the kernel has nothing
+                # more to say, so no readable event will come for these.
+                self.loop.call_soon(self._readable)
 
     def _writable(self) -> None:
         c = self._client
@@ -321,12 +346,12 @@ class _Link:
         self.connected = False
         fut = self._connack
         if fut is not None and not fut.done():
-            fut.set_exception(
-                BrokerConnectionError(
-                    f"the MQTT broker at {self.backend.where} closed the connection before "
-                    f"accepting it: {reason}"
-                )
-            )
+            fut.set_exception(connect_failed(
+                self.backend,
+                f"the MQTT broker at {self.backend.where} closed the connection before "
+                f"accepting it: {reason}",
+                self.wire.tls_error if self.wire is not None else None,
+            ))
         if self.closing:
             if self._closed is not None and not self._closed.done():
                 self._closed.set_result(None)
