@@ -189,7 +189,8 @@ paho-mqtt to the minor versions that passed):
   with TLS, ``connect``/``reconnect`` return with the handshake done
   (``_ssl_wrap_socket`` calls ``do_handshake``), so a certificate failure is
   raised by them, and the CONNECT they write may already fail on a broker's
-  TLS alert (``_Link._tls_refusal`` reads it from the socket);
+  TLS alert: paho then calls ``on_socket_close`` (in the executor) before
+  closing the socket, and ``_Link._on_socket_close`` reads the alert from it;
   ``publish`` answers ``MQTT_ERR_QUEUE_SIZE`` when the next message id is
   still in flight, and ``_Link.publish`` tries the next id; ``reconnect()`` of
   the same client resends QoS 1 publishes in flight with DUP and resumes QoS 2

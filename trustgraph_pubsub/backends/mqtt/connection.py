@@ -98,6 +98,8 @@ class _Link:
         self._writing = False
         self._misc: asyncio.TimerHandle | None = None
         self._connack: asyncio.Future[bool] | None = None
+        #: the TLS alert that ended a connect() paho gave up in the executor.
+        self._refusal: ssl.SSLError | None = None
         self._closed: asyncio.Future[None] | None = None
         self._acks: dict[int, asyncio.Future[list[ReasonCode]]] = {}
         self._confirms: dict[int, asyncio.Future[ReasonCode]] = {}
@@ -137,6 +139,7 @@ class _Link:
     async def _establish(self, connect: Callable[[], MQTTErrorCode]) -> bool:
         b = self.backend
         self._connack = self.loop.create_future()
+        self._refusal = None
         job = self.loop.run_in_executor(None, connect)
         try:
             rc = await asyncio.shield(job)
@@ -146,11 +149,10 @@ class _Link:
         except (OSError, ValueError) as exc:
             raise unreachable(b, exc) from exc
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            tls_error = self._tls_refusal()
             self._drop_socket()
             raise connect_failed(
-                b, f"cannot connect to the MQTT broker at {b.where}: {mqtt.error_string(rc)}",
-                tls_error,
+                b, f"cannot connect to the MQTT broker at {b.where}: {mqtt.error_string(rc).rstrip('.')}",
+                self._refusal,
             )
         self._attach()
         try:
@@ -166,9 +168,9 @@ class _Link:
             self._drop_socket()
             raise
 
-    def _tls_refusal(self) -> ssl.SSLError | None:
-        """The TLS alert that made paho's CONNECT fail (a broker refusing our certificate)."""
-        sock = self._client.socket()
+    @staticmethod
+    def _tls_refusal(sock: Any) -> ssl.SSLError | None:
+        """The TLS alert waiting on ``sock`` (a broker refusing our certificate), if any."""
         if not isinstance(sock, ssl.SSLSocket):
             return None
         try:
@@ -341,6 +343,8 @@ class _Link:
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
     ) -> None:
+        if threading.get_ident() != self.loop_thread:
+            return  # connect() failed in the executor: ``_establish`` reports it from its rc
         self.events += 1
         was = self.connected
         self.connected = False
@@ -404,6 +408,9 @@ class _Link:
         if threading.get_ident() == self.loop_thread:
             self._detach(sock)
         else:
+            # paho gave up inside connect(), before closing this socket: a broker that
+            # refused our certificate left its TLS alert on it (TLS 1.3 sends it late).
+            self._refusal = self._tls_refusal(sock)
             self.loop.call_soon_threadsafe(self._detach, sock)
 
     # -- operations ---------------------------------------------------------------
