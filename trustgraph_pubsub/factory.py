@@ -105,6 +105,19 @@ BACKEND_OPTIONS: dict[str, tuple[Option, ...]] = {
                help="seconds between MQTT keep-alive pings; a silent dead link is noticed in about 2x this"),
         Option("connect_timeout", "MQTT_CONNECT_TIMEOUT", 10.0, float,
                help="seconds to wait for the broker's CONNACK"),
+        Option("tls", "MQTT_TLS", False, bool,
+               help="connect over TLS; MQTT over TLS usually listens on 8883, so give "
+               "--mqtt-port 8883 too"),
+        Option("tls_ca_file", "MQTT_TLS_CA_FILE", None,
+               help="PEM file of the authorities that sign the broker's certificate "
+               "(default: the system's); needs --mqtt-tls"),
+        Option("tls_cert_file", "MQTT_TLS_CERT_FILE", None,
+               help="client certificate (PEM) for mutual TLS, with --mqtt-tls-key-file"),
+        Option("tls_key_file", "MQTT_TLS_KEY_FILE", None,
+               help="private key (PEM) of --mqtt-tls-cert-file"),
+        Option("tls_verify_hostname", "MQTT_TLS_VERIFY_HOSTNAME", True, bool,
+               help="check --mqtt-host against the broker's certificate (the certificate "
+               "itself is always verified)"),
     ),
     "kafka": (
         Option("bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS", "localhost:9092",

@@ -22,6 +22,21 @@ Closing half-closes the socket after the DISCONNECT and waits for the broker
 to close its side, so the acks before it are processed before the next
 consumer can take the session over.
 
+TLS (``--mqtt-tls``; MQTT over TLS usually listens on 8883, so
+``--mqtt-port 8883`` goes with it).  One ``ssl.SSLContext`` per backend, made
+by ``trustgraph_pubsub.tls.client_context`` from ``--mqtt-tls-ca-file`` (else
+the system's authorities), ``--mqtt-tls-cert-file``/``--mqtt-tls-key-file``
+(mutual TLS) and ``--mqtt-tls-verify-hostname``, is given to every paho
+client (``tls_set_context``).  paho wraps the socket and completes the
+handshake inside ``connect()`` (in the executor, within ``connect_timeout``);
+a certificate that fails verification is then a ``BrokerConnectionError``
+saying so.  After that ``_Wire`` drives the ``ssl.SSLSocket`` like a plain
+one, with what TLS changes (see ``wire``): want-read/want-write on either
+side, a refused write retried with the same bytes, and decrypted bytes held
+in the SSL object (``pending()``) read without waiting for the socket.  The
+half-close after DISCONNECT drops TLS without a close_notify: the broker has
+read the DISCONNECT by then and closes the connection itself.
+
 Durable subscriptions.  In MQTT a subscription's backlog lives in client
 sessions, and Mosquitto hands each message of a shared subscription to its
 members in turn, *including members whose session is offline*: a session
@@ -158,8 +173,11 @@ paho-mqtt to the minor versions that passed):
   ``_attach``/``_forget_socket``); ``Client.socket()`` returns it, and
   ``Client._sock_close`` closes it, so paho's DISCONNECT goes out through
   ``_Wire.close``.  ``_Wire`` (``wire.py``) implements every method paho calls
-  on it (``send``, ``recv``, ``close``, ``fileno``, ``setblocking``), and
-  serves paho's reads of a packet a few bytes at a time from one ``recv``.
+  on it (``send``, ``recv``, ``close``, ``fileno``, ``setblocking``, and
+  ``pending``, which paho asks of TLS sockets), and serves paho's reads of a
+  packet a few bytes at a time from one ``recv``.  Over TLS the socket it
+  takes is paho's ``ssl.SSLSocket`` (``Client.socket()`` after ``connect``),
+  whose SSL errors ``_Wire`` turns into paho's ``BlockingIOError`` itself.
 * ``Client.publish`` and ``Client._send_publish`` using publish properties
   only through ``pack()``: ``_PackedProperties`` (``packets.py``), a
   ``Properties`` subclass that skips the base ``__init__`` (and its
@@ -168,6 +186,11 @@ paho-mqtt to the minor versions that passed):
 * Behaviours paho does not document (no unit test pins them; the broker
   tests depend on them):
   ``max_inflight_messages_set(0)`` means no in-flight limit (``_Link``);
+  with TLS, ``connect``/``reconnect`` return with the handshake done
+  (``_ssl_wrap_socket`` calls ``do_handshake``), so a certificate failure is
+  raised by them, and the CONNECT they write may already fail on a broker's
+  TLS alert: paho then calls ``on_socket_close`` (in the executor) before
+  closing the socket, and ``_Link._on_socket_close`` reads the alert from it;
   ``publish`` answers ``MQTT_ERR_QUEUE_SIZE`` when the next message id is
   still in flight, and ``_Link.publish`` tries the next id; ``reconnect()`` of
   the same client resends QoS 1 publishes in flight with DUP and resumes QoS 2
@@ -188,7 +211,13 @@ from ... import naming
 from ...backend import Capabilities, ConsumerType, InitialPosition
 from ...errors import ClosedError, PubSubError
 from . import lifecycle
-from .config import MAX_PAYLOAD, REDELIVERY_PROPERTY, check_consumer_options, check_settings
+from .config import (
+    MAX_PAYLOAD,
+    REDELIVERY_PROPERTY,
+    check_consumer_options,
+    check_settings,
+    tls_context,
+)
 from .connection import _Link as _Link
 from .consumer import MQTTConsumer
 from .packets import _user_properties as _user_properties
@@ -217,11 +246,21 @@ class MQTTBackend:
         max_inflight: int = 100,
         keepalive: int = 30,
         connect_timeout: float = 10.0,
+        tls: bool = False,
+        tls_ca_file: str | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
+        tls_verify_hostname: bool = True,
     ) -> None:
         check_settings(
             host, port, username, password, session_expiry, max_inflight, keepalive,
             connect_timeout,
         )
+        #: the client context every connection of this backend uses (None: plain TCP).
+        self.tls_context = tls_context(tls, tls_ca_file, tls_cert_file, tls_key_file,
+                                       tls_verify_hostname)
+        self.tls = tls
+        self.tls_cert_file = tls_cert_file or None
         self.host = host
         self.port = port
         self.username = username
@@ -254,7 +293,8 @@ class MQTTBackend:
 
     def __repr__(self) -> str:
         user = f" user={self.username!r}" if self.username is not None else ""
-        return f"<MQTTBackend {self.where}{user} closed={self.closed}>"
+        tls = " tls" if self.tls else ""
+        return f"<MQTTBackend {self.where}{tls}{user} closed={self.closed}>"
 
     # -- producers and consumers ---------------------------------------------------------
 

@@ -5,17 +5,20 @@ patches the module that reads it (``consumer.HANDOVER_TIMEOUT``,
 ``producer.UNROUTED_GRACE``, ...), not the package.  The broker is named by
 host and port alone (credentials are separate settings, never part of an
 address), so ``MQTTBackend.where`` needs no redaction; bad values are shown
-through ``redact.shown``.
+through ``redact.shown``.  ``tls_context`` checks the ``--mqtt-tls*`` settings
+and builds their ``SSLContext`` (through the shared ``trustgraph_pubsub.tls``).
 """
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from typing import Any
 
 from ...backend import ConsumerType, InitialPosition
 from ...errors import ConfigurationError, UnsupportedError
 from ...redact import shown
+from ...tls import client_context
 
 #: user property carrying the redelivery count of a handed-back message.
 REDELIVERY_PROPERTY = "tg-mqtt-redeliveries"
@@ -80,6 +83,43 @@ def check_settings(
         )
     if password is not None and username is None:
         raise ConfigurationError("--mqtt-password is set but --mqtt-username is not; set both")
+
+
+_TLS_FILES = ("ca_file", "cert_file", "key_file")
+
+
+def tls_context(
+    tls: bool,
+    ca_file: str | None,
+    cert_file: str | None,
+    key_file: str | None,
+    verify_hostname: bool,
+) -> ssl.SSLContext | None:
+    """The ``SSLContext`` of ``--mqtt-tls`` (None without it), its files checked and loaded.
+
+    A file given while TLS is off would be silently unused: that is a
+    ``ConfigurationError`` naming ``--mqtt-tls``.  Missing or unloadable files
+    are ``trustgraph_pubsub.tls.client_context``'s errors, naming the flag.
+    """
+    for flag, on in (("--mqtt-tls", tls), ("--mqtt-tls-verify-hostname", verify_hostname)):
+        if not isinstance(on, bool):
+            raise ConfigurationError(f"{flag} must be true or false, got {shown(on)}")
+    files = dict(zip(_TLS_FILES, (ca_file, cert_file, key_file), strict=True))
+    for name, path in files.items():
+        if path is not None and not isinstance(path, str):
+            raise ConfigurationError(
+                f"--mqtt-tls-{name.replace('_', '-')} must be a file path, got {shown(path)}"
+            )
+    given = [f"--mqtt-tls-{name.replace('_', '-')}" for name, path in files.items() if path]
+    if not tls:
+        if given:
+            raise ConfigurationError(
+                f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} set but --mqtt-tls "
+                "is not (MQTT_TLS): the files are only used over TLS; add --mqtt-tls, usually "
+                "with --mqtt-port 8883, or drop them"
+            )
+        return None
+    return client_context(ca_file, cert_file, key_file, verify_hostname, "mqtt")
 
 
 def check_consumer_options(

@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ...errors import BrokerConnectionError, ClosedError, ConnectionLostError, PubSubError
 from .config import _CLOSE_TIMEOUT, _MISC_INTERVAL, _READ_BATCH
-from .errors import refused, unreachable
+from .errors import connect_failed, refused, unreachable
 from .packets import _properties
 from .wire import _Wire
 
@@ -76,6 +77,10 @@ class _Link:
         c.max_queued_messages_set(0)
         if backend.username is not None:
             c.username_pw_set(backend.username, backend.password)
+        if backend.tls_context is not None:
+            # paho wraps the socket and does the handshake inside connect(), in the
+            # executor, within connect_timeout; the SSLSocket is then ``_Wire``'s.
+            c.tls_set_context(backend.tls_context)
         # Every callback is set before connect(): a resumed session's queued
         # messages arrive right after CONNACK.
         self._message = on_message
@@ -93,6 +98,8 @@ class _Link:
         self._writing = False
         self._misc: asyncio.TimerHandle | None = None
         self._connack: asyncio.Future[bool] | None = None
+        #: the TLS alert that ended a connect() paho gave up in the executor.
+        self._refusal: ssl.SSLError | None = None
         self._closed: asyncio.Future[None] | None = None
         self._acks: dict[int, asyncio.Future[list[ReasonCode]]] = {}
         self._confirms: dict[int, asyncio.Future[ReasonCode]] = {}
@@ -132,6 +139,7 @@ class _Link:
     async def _establish(self, connect: Callable[[], MQTTErrorCode]) -> bool:
         b = self.backend
         self._connack = self.loop.create_future()
+        self._refusal = None
         job = self.loop.run_in_executor(None, connect)
         try:
             rc = await asyncio.shield(job)
@@ -142,8 +150,9 @@ class _Link:
             raise unreachable(b, exc) from exc
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._drop_socket()
-            raise BrokerConnectionError(
-                f"cannot connect to the MQTT broker at {b.where}: {mqtt.error_string(rc)}"
+            raise connect_failed(
+                b, f"cannot connect to the MQTT broker at {b.where}: {mqtt.error_string(rc).rstrip('.')}",
+                self._refusal,
             )
         self._attach()
         try:
@@ -158,6 +167,21 @@ class _Link:
         except BaseException:
             self._drop_socket()
             raise
+
+    @staticmethod
+    def _tls_refusal(sock: Any) -> ssl.SSLError | None:
+        """The TLS alert waiting on ``sock`` (a broker refusing our certificate), if any."""
+        if not isinstance(sock, ssl.SSLSocket):
+            return None
+        try:
+            sock.recv(1)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            pass
+        except ssl.SSLError as exc:
+            return exc
+        except OSError:
+            pass
+        return None
 
     def _attach(self) -> None:
         sock = self._client.socket()
@@ -251,9 +275,12 @@ class _Link:
             return
         self.kick()
         wire = self.wire
-        if wire is not None and wire.has_input and self._sock is not None:
-            # The kernel has nothing more to say, so no readable event will come for these.
-            self.loop.call_soon(self._readable)
+        if wire is not None and self._sock is not None:
+            wire.read_done()
+            if wire.has_input and self._sock is not None:
+                # Read already, or decrypted and held by TLS: the kernel has nothing
+                # more to say, so no readable event will come for these.
+                self.loop.call_soon(self._readable)
 
     def _writable(self) -> None:
         c = self._client
@@ -316,17 +343,19 @@ class _Link:
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
     ) -> None:
+        if threading.get_ident() != self.loop_thread:
+            return  # connect() failed in the executor: ``_establish`` reports it from its rc
         self.events += 1
         was = self.connected
         self.connected = False
         fut = self._connack
         if fut is not None and not fut.done():
-            fut.set_exception(
-                BrokerConnectionError(
-                    f"the MQTT broker at {self.backend.where} closed the connection before "
-                    f"accepting it: {reason}"
-                )
-            )
+            fut.set_exception(connect_failed(
+                self.backend,
+                f"the MQTT broker at {self.backend.where} closed the connection before "
+                f"accepting it: {reason}",
+                self.wire.tls_error if self.wire is not None else None,
+            ))
         if self.closing:
             if self._closed is not None and not self._closed.done():
                 self._closed.set_result(None)
@@ -379,6 +408,9 @@ class _Link:
         if threading.get_ident() == self.loop_thread:
             self._detach(sock)
         else:
+            # paho gave up inside connect(), before closing this socket: a broker that
+            # refused our certificate left its TLS alert on it (TLS 1.3 sends it late).
+            self._refusal = self._tls_refusal(sock)
             self.loop.call_soon_threadsafe(self._detach, sock)
 
     # -- operations ---------------------------------------------------------------

@@ -6,11 +6,13 @@ Each message names the setting or broker configuration a person can act on.
 from __future__ import annotations
 
 import socket
+import ssl
 from typing import TYPE_CHECKING
 
 from paho.mqtt.reasoncodes import ReasonCode
 
 from ...errors import AuthenticationError, BrokerConnectionError, PubSubError, UnsupportedError
+from ...tls import certificate_failure
 
 if TYPE_CHECKING:
     from . import MQTTBackend
@@ -21,8 +23,26 @@ _SESSION_TAKEN_OVER = 0x8E
 _SHARED_NOT_SUPPORTED = 0x9E
 
 
+_TLS_PORT_HINT = "MQTT over TLS usually listens on 8883: --mqtt-port 8883 with --mqtt-tls"
+
+
 def unreachable(backend: MQTTBackend, exc: BaseException) -> BrokerConnectionError:
-    """The error for a TCP connect to the broker that failed with ``exc``."""
+    """The error for a TCP connect (or TLS handshake) to the broker that failed with ``exc``."""
+    failed = certificate_failure(exc)
+    if failed is not None:
+        return BrokerConnectionError(
+            f"cannot connect to the MQTT broker at {backend.where} over TLS: the broker's "
+            f"certificate failed verification ({failed}); check that --mqtt-tls-ca-file "
+            "(MQTT_TLS_CA_FILE) holds the authority that signed it, or the system's authorities "
+            "trust it, and that --mqtt-host is a name the certificate covers "
+            "(--mqtt-tls-verify-hostname)"
+        )
+    if backend.tls and isinstance(exc, (ssl.SSLError, ConnectionResetError, BrokenPipeError)):
+        return BrokerConnectionError(
+            f"cannot connect to the MQTT broker at {backend.where} over TLS: the TLS handshake "
+            f"failed ({type(exc).__name__}: {exc}); is --mqtt-port a TLS listener? "
+            f"({_TLS_PORT_HINT})"
+        )
     if isinstance(exc, ConnectionRefusedError):
         what = "connection refused"
     elif isinstance(exc, socket.gaierror):
@@ -36,6 +56,24 @@ def unreachable(backend: MQTTBackend, exc: BaseException) -> BrokerConnectionErr
         "--mqtt-port (MQTT_HOST, MQTT_PORT) and that the broker is running "
         "(mosquitto -d -c /etc/mosquitto/mosquitto.conf)"
     )
+
+
+def connect_failed(backend: MQTTBackend, what: str, tls_error: ssl.SSLError | None) -> BrokerConnectionError:
+    """The error for a connection the broker ended before its CONNACK (``what`` says how)."""
+    if tls_error is not None:
+        # TLS 1.3: the broker checks the client's certificate after the client's
+        # side of the handshake is done; its refusal is an alert read afterwards.
+        return BrokerConnectionError(
+            f"{what}; TLS: {tls_error.reason or tls_error} (does the broker require a client "
+            "certificate it trusts? --mqtt-tls-cert-file, --mqtt-tls-key-file)"
+        )
+    if not backend.tls:
+        what += f" (if that port speaks TLS, add --mqtt-tls; {_TLS_PORT_HINT})"
+    elif backend.tls_cert_file is None:
+        # The alert may be lost: a broker that closes with our CONNECT unread resets the link.
+        what += (" (over TLS: if the broker requires a client certificate, give "
+                 "--mqtt-tls-cert-file and --mqtt-tls-key-file)")
+    return BrokerConnectionError(what)
 
 
 def refused(backend: MQTTBackend, reason: ReasonCode) -> PubSubError:

@@ -3,6 +3,23 @@
 Only MQTT has this: paho writes each packet with its own ``send`` and reads a
 packet a few bytes at a time, so the backend drives the socket itself; the
 other brokers' clients own their I/O (C++ threads, asyncio transports).
+
+Over TLS the socket is paho's ``ssl.SSLSocket`` (handshake done), and three
+things differ from a plain socket, all handled here:
+
+* a read or a write may raise ``SSLWantReadError``/``SSLWantWriteError``: a
+  read that wants either is paho's "nothing yet" (``BlockingIOError``); a
+  write that wants writability waits for ``add_writer`` as a plain one does;
+  the rare read that wants writability, or write that wants readability
+  (TLS renegotiation, a key update), is retried when the socket becomes
+  writable (``_flush``) or readable (``_Link._readable`` calls ``read_done``);
+* a write that raised keeps the whole buffer: OpenSSL has already taken part
+  of it and must be given the same bytes again (more may follow; it writes
+  from where it stopped and then reports the whole length as sent), so the
+  buffer is only ever cut by what ``send`` returned;
+* decrypted bytes may wait inside the SSL object (``pending()``) with the
+  kernel socket empty, so no readable event comes for them: ``has_input``
+  counts them and ``_Link._readable`` reads on while it is true.
 """
 
 from __future__ import annotations
@@ -10,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import threading
 from typing import TYPE_CHECKING
 
@@ -45,6 +63,11 @@ class _Wire:
         self._finished = False
         self._deadline: asyncio.TimerHandle | None = None
         self.failed = False
+        #: the TLS error that ended a read (for the message of a refused connection).
+        self.tls_error: ssl.SSLError | None = None
+        self._tls = isinstance(sock, ssl.SSLSocket)
+        self._read_wants_write = False
+        self._write_wants_read = False
         self.done: asyncio.Future[None] = self._loop.create_future()
         self._drained: list[asyncio.Future[None]] = []
 
@@ -63,7 +86,7 @@ class _Wire:
         """paho reads a packet a few bytes at a time; serve that from one big read."""
         data, pos = self._in, self._pos
         if pos >= len(data):
-            data = self.sock.recv(max(size, _RECV_CHUNK))
+            data = self._read(max(size, _RECV_CHUNK))
             if len(data) <= size:
                 self._in, self._pos = b"", 0
                 return data
@@ -75,10 +98,42 @@ class _Wire:
         self._in, self._pos = data, end
         return data[pos:end]
 
+    def _read(self, size: int) -> bytes:
+        if not self._tls:
+            return self.sock.recv(size)
+        try:
+            return self.sock.recv(size)
+        except ssl.SSLWantReadError:
+            raise BlockingIOError from None
+        except ssl.SSLWantWriteError:
+            # Retried by ``_flush`` once the socket is writable.
+            self._read_wants_write = True
+            if not self._writing and not self.failed:
+                self._writing = True
+                self._loop.add_writer(self.sock, self._flush)
+            raise BlockingIOError from None
+        except ssl.SSLError as exc:
+            self.tls_error = exc
+            raise
+
+    def pending(self) -> int:
+        """Bytes readable without waiting for the socket: our buffer's and the SSL object's."""
+        held = len(self._in) - self._pos
+        if self._tls:
+            with contextlib.suppress(OSError, ValueError):
+                held += self.sock.pending()  # type: ignore[attr-defined]
+        return held
+
     @property
     def has_input(self) -> bool:
-        """Bytes read from the socket that paho has not taken yet."""
-        return self._pos < len(self._in)
+        """Bytes read from the socket (or decrypted by TLS) that paho has not taken yet."""
+        return self.pending() > 0
+
+    def read_done(self) -> None:
+        """``_Link`` read the socket: a TLS write that wanted it readable can go on."""
+        if self._write_wants_read:
+            self._write_wants_read = False
+            self._flush()
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -139,19 +194,29 @@ class _Wire:
 
     def _flush(self) -> None:
         self._scheduled = False
+        if self._read_wants_write:
+            self._read_wants_write = False
+            self._loop.call_soon(self._link._readable)
         out = self._out
-        if not out or self.failed:
+        if self.failed:
             return
-        try:
-            n = self.sock.send(out)
-        except (BlockingIOError, InterruptedError):
-            n = 0
-        except OSError as exc:
-            self._fail(exc)
-            return
+        n = 0
+        if out:
+            self._write_wants_read = False
+            try:
+                # Over TLS a write that raised must be retried with the same bytes
+                # first: ``out`` is only ever cut by what ``send`` returned.
+                n = self.sock.send(out)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError):
+                pass
+            except ssl.SSLWantReadError:
+                self._write_wants_read = True  # ``read_done`` retries; no busy writer meanwhile
+            except OSError as exc:
+                self._fail(exc)
+                return
         if n:
             del out[:n]
-        if out:
+        if out and not self._write_wants_read:
             if not self._writing:
                 self._writing = True
                 self._loop.add_writer(self.sock, self._flush)
@@ -159,7 +224,7 @@ class _Wire:
             if self._writing:
                 self._writing = False
                 self._loop.remove_writer(self.sock)
-            if self._closing:
+            if self._closing and not out:
                 self._half_close()
         if self._drained and (len(out) < _WIRE_LOW or not out):
             waiters, self._drained = self._drained, []
