@@ -31,7 +31,7 @@ import os
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -45,6 +45,7 @@ from tests.services.test_processes import Service, _first_answer, broker_flags
 from trustgraph_pubsub import (
     PubSubBackend,
     PubSubError,
+    PubSubTimeoutError,
     QueueNotFoundError,
     RequestResponse,
     ServiceError,
@@ -144,10 +145,10 @@ class StormBattery:
                 # The last round, no kills: the control plane still does what it is told.
                 for fid in IDS:
                     if fid in state["flows"]:
-                        await flows.stop_flow(WS, fid)
+                        await _until_done(flows.stop_flow, fid, "not-found")
                 chosen = sorted(rng.sample(IDS, 3))
                 for fid in chosen:
-                    await flows.start_flow(WS, fid, "chunks")
+                    await _until_done(lambda w, f: flows.start_flow(w, f, "chunks"), fid, "exists")
                 state = await _quiet(config)
                 assert state["flows"] == {"default", *chosen}, state
                 await _check(state, backend, config, flows, "after the last round")
@@ -165,6 +166,28 @@ class StormBattery:
             s.kill()
         assert sum(kills.values()) >= STORM_SECONDS / 3 - 1
         assert outcomes["start ok"] + outcomes["stop ok"] > 0, outcomes
+
+
+async def _until_done(call: Callable[[str, str], Awaitable[Any]], fid: str, done: str) -> None:
+    """Ask until answered: ``unavailable`` and no answer are worth asking again
+    (``ServiceError`` says so); ``done`` is what a repeat of a request that did
+    land is told (``exists`` for a start, ``not-found`` for a stop)."""
+    deadline = time.monotonic() + WAIT
+    repeated = False
+    while True:
+        try:
+            await call(WS, fid)
+            return
+        except ServiceError as exc:
+            if repeated and exc.type == done:
+                return
+            if exc.type != "unavailable" or time.monotonic() > deadline:
+                raise
+        except PubSubTimeoutError:
+            if time.monotonic() > deadline:
+                raise
+        repeated = True
+        await asyncio.sleep(1.0)
 
 
 async def _snapshot(config: ConfigClient) -> dict[str, Any]:

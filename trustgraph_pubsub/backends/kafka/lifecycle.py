@@ -174,7 +174,13 @@ class KafkaLifecycle(KafkaConnection):
                     fresh = [tp for tp in tps if await client.committed(tp) is None]
                     if fresh:
                         await client.seek_to_end(*fresh)
-                        await client.commit(await _settle_at_end(client, fresh))
+                        try:
+                            await client.commit(await _settle_at_end(client, fresh))
+                        except kerr.CommitFailedError:
+                            # The group has live members (a consumer joined meanwhile):
+                            # they own its offsets now, so the subscription exists.
+                            log.info("subscription %r on %s is live; its offsets are its "
+                                     "members'", subscription, topic)
 
             await self._admin_call(settle, f"start subscription {subscription!r} on {topic}")
         finally:
