@@ -116,8 +116,10 @@ BACKEND_OPTIONS: dict[str, tuple[Option, ...]] = {
         Option("join_timeout", "KAFKA_JOIN_TIMEOUT", 60.0, float,
                help="seconds create_consumer waits to join its group and get partitions"),
         Option("request_timeout_ms", "KAFKA_REQUEST_TIMEOUT_MS", 40000, int,
-               help="how long the producer keeps an unconfirmed batch before failing it "
-               "(Producer then sends it again)"),
+               help="how long a Kafka client waits for an answer before it drops the "
+               "connection and reconnects (a stalled link is noticed by then); the producer "
+               "fails what it had not confirmed (Producer sends it again); consumers wait at "
+               "least 5 s past a fetch's wait, and group members past the 10 s session timeout"),
     ),
     "memory": (),
 }

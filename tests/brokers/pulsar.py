@@ -19,6 +19,13 @@ subscription makes it drop the whole connection instead of answering
 ConsumerBusy (the backend refuses that case itself within one process);
 chunked messages are unreliable.  It checks no credentials, so
 ``bad_credentials_config`` is None.
+
+pulsar-lite answers every topic lookup with its own listen address (``--addr``,
+an unspecified address shown as loopback) and has no option to advertise
+another, so a client reaching it through a ``TcpProxy`` would open its topic
+connections straight to the broker.  ``LookupRewriter`` makes the proxy stand
+in for the missing option: it rewrites that address in the lookup answers to
+the proxy's.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import signal
 import subprocess
 import tempfile
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -55,6 +63,53 @@ HOW_TO = (
     "or point TG_PULSAR_URL at a running Pulsar (pulsar://host:6650)"
 )
 CONFIG = "[metrics]\nenabled = false\n"
+
+
+class LookupRewriter:
+    """A ``TcpProxy`` ``rewrite`` factory: Pulsar frames from the broker pass whole,
+    with ``broker_url`` in their command part (a lookup answer's
+    ``brokerServiceUrl``) replaced by ``proxy_url``.
+
+    The two URLs must be the same length (ports of as many digits), so no
+    protobuf length changes; the checksum covers only a message's payload,
+    not the command.  ``rewritten`` counts the answers changed.
+    """
+
+    def __init__(self, broker_url: str, proxy_url: str) -> None:
+        self.old, self.new = broker_url.encode(), proxy_url.encode()
+        if len(self.old) != len(self.new):
+            raise ValueError(f"{broker_url!r} and {proxy_url!r} differ in length")
+        self.rewritten = 0
+
+    def __call__(self) -> Callable[[bytes], bytes]:
+        pending = bytearray()
+
+        def rewrite(data: bytes) -> bytes:
+            pending.extend(data)
+            out = bytearray()
+            while len(pending) >= 8:
+                # [total size][command size][command][payload...], sizes big-endian u32
+                end = 4 + int.from_bytes(pending[:4], "big")
+                if len(pending) < end:
+                    break
+                frame = pending[:end]
+                command_end = 8 + int.from_bytes(frame[4:8], "big")
+                command = bytes(frame[8:command_end])
+                if self.old in command:
+                    frame[8:command_end] = command.replace(self.old, self.new)
+                    self.rewritten += 1
+                out += frame
+                del pending[:end]
+            return bytes(out)
+
+        return rewrite
+
+
+def same_width_port(port: int) -> int:
+    """A free port with as many digits as ``port`` (for ``LookupRewriter``)."""
+    while len(str(candidate := free_port())) != len(str(port)):
+        pass
+    return candidate
 
 
 def _binary() -> str:

@@ -28,6 +28,10 @@ COMMIT_EVERY = 1000
 #: joining) is noticed within half a second by the other members.
 SESSION_TIMEOUT_MS = 10_000
 HEARTBEAT_INTERVAL_MS = 500
+#: milliseconds a consumer's request timeout keeps above the longest a broker may
+#: rightly hold a request: a fetch (``fetch_max_wait_ms``) and, in a group, a
+#: JoinGroup (the rebalance timeout, which is the session timeout here).
+ANSWER_MARGIN_MS = 5_000
 #: how long a revoked partition waits for in-flight messages to be acked
 #: before its prefix is committed (fewer duplicates after a rebalance).
 REVOKE_GRACE = 1.0
@@ -35,6 +39,21 @@ REVOKE_GRACE = 1.0
 FETCH_BATCH = 500
 #: producer futures kept before finished ones are swept.
 _SWEEP_AT = 4096
+
+
+def consumer_request_timeout_ms(request_timeout_ms: int, fetch_max_wait_ms: int, *,
+                                group: bool) -> int:
+    """The request timeout of a consumer client: ``--kafka-request-timeout-ms``, but
+    never so short that a fetch or a group join the broker rightly holds times out.
+
+    A request that times out closes its connection (aiokafka), so this is also how
+    soon a consumer gives up on a stalled link; left at aiokafka's 40 s default it
+    ignored the option.
+    """
+    floor = fetch_max_wait_ms + ANSWER_MARGIN_MS
+    if group:
+        floor = max(floor, SESSION_TIMEOUT_MS + ANSWER_MARGIN_MS)
+    return max(request_timeout_ms, floor)
 
 
 def check_settings(

@@ -37,7 +37,7 @@ from ...errors import (
     UnsupportedError,
 )
 from ...retry import Backoff, retry
-from .config import _OVERHEAD, CLIENT_ID
+from .config import _OVERHEAD, CLIENT_ID, consumer_request_timeout_ms
 from .errors import _connection_error, _is_sasl_failure, _lost
 
 
@@ -78,6 +78,7 @@ class KafkaConnection:
     max_message_size: int
     connect_timeout: float
     request_timeout_ms: int
+    fetch_max_wait_ms: int
     _ssl: ssl.SSLContext | None
     _admin: Any
     _clients: dict[str, Any]
@@ -250,6 +251,10 @@ class KafkaConnection:
 
     async def _group_client(self, group: str) -> Any:
         """A consumer client for a group that never joins it (offset look-ups and commits)."""
-        client = AIOKafkaConsumer(**self._client_kwargs(), group_id=group, enable_auto_commit=False)
+        client = AIOKafkaConsumer(
+            **self._client_kwargs(), group_id=group, enable_auto_commit=False,
+            request_timeout_ms=consumer_request_timeout_ms(
+                self.request_timeout_ms, self.fetch_max_wait_ms, group=False),
+        )
         await self._start_client(client, f"group {group!r} client")
         return client
