@@ -59,6 +59,16 @@ BACKEND_OPTIONS: dict[str, tuple[Option, ...]] = {
                help="how long the client keeps retrying an unconfirmed send (0: forever)"),
         Option("max_message_size", "PULSAR_MAX_MESSAGE_SIZE", 5 * 1024 * 1024, int,
                help="the broker's maxMessageSize in bytes (payloads get this less 16 KiB)"),
+        Option("tls_ca_file", "PULSAR_TLS_CA_FILE", None,
+               help="PEM file of the authorities to trust (TLS is on with a pulsar+ssl:// "
+               "--pulsar-host; default: the system's)"),
+        Option("tls_cert_file", "PULSAR_TLS_CERT_FILE", None,
+               help="client certificate (PEM) for mutual TLS: Pulsar TLS authentication, "
+               "instead of --pulsar-api-key"),
+        Option("tls_key_file", "PULSAR_TLS_KEY_FILE", None,
+               help="the client certificate's private key (PEM)"),
+        Option("tls_verify_hostname", "PULSAR_TLS_VERIFY_HOSTNAME", True, bool,
+               help="check the broker's name against its certificate"),
     ),
     "rabbitmq": (
         Option("host", "RABBITMQ_HOST", "localhost", help="RabbitMQ host"),
@@ -120,6 +130,15 @@ BACKEND_OPTIONS: dict[str, tuple[Option, ...]] = {
                "connection and reconnects (a stalled link is noticed by then); the producer "
                "fails what it had not confirmed (Producer sends it again); consumers wait at "
                "least 5 s past a fetch's wait, and group members past the 10 s session timeout"),
+        Option("tls_ca_file", "KAFKA_TLS_CA_FILE", None,
+               help="PEM file of the authorities to trust (TLS is on with "
+               "--kafka-security-protocol SSL or SASL_SSL; default: the system's)"),
+        Option("tls_cert_file", "KAFKA_TLS_CERT_FILE", None,
+               help="client certificate (PEM) for mutual TLS"),
+        Option("tls_key_file", "KAFKA_TLS_KEY_FILE", None,
+               help="the client certificate's private key (PEM)"),
+        Option("tls_verify_hostname", "KAFKA_TLS_VERIFY_HOSTNAME", True, bool,
+               help="check each broker's name against its certificate"),
     ),
     "memory": (),
 }

@@ -104,12 +104,12 @@ async def route(broker: Broker) -> Route:
 
 async def _pulsar_route(broker: Broker, cfg: dict[str, Any]) -> Route:
     """pulsar-lite behind a proxy that rewrites its lookup answers to name the proxy."""
-    from tests.brokers.pulsar import LookupRewriter, PulsarBroker, same_width_port
+    from tests.brokers.pulsar import LookupRewriter, PulsarBroker
 
     assert isinstance(broker, PulsarBroker)
     if broker.external:
         pytest.skip("the lookup rewrite assumes pulsar-lite's answers (TG_PULSAR_URL names another broker)")
-    port = same_width_port(broker.port)
+    port = free_port()
     rewriter = LookupRewriter(broker.url, f"pulsar://127.0.0.1:{port}")
     proxy = TcpProxy("127.0.0.1", broker.port, port=port, rewrite=rewriter)
     await proxy.start()

@@ -9,6 +9,13 @@ connection at once.  ``resume()`` ends the blackhole: the connections that
 were in it are closed (their bytes are gone), and new ones are forwarded
 again.
 
+``tls`` (optional) makes the proxy a TLS server with that ``SSLContext``
+(forwarding plain bytes to a broker that speaks none), so a client's TLS
+settings can be tested end to end against brokers without TLS.
+
+``listen`` names the loopback addresses it listens on (``127.0.0.1``; a TLS
+test adds ``127.0.0.2``, an address its certificate does not name).
+
 ``rewrite`` (optional) makes a filter per connection for the bytes coming
 back from the broker: a broker that tells its clients its own address (a
 Pulsar lookup answer) can be made to name the proxy instead (see
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Callable
 
 from tests.brokers import free_port
@@ -31,9 +39,12 @@ _CHUNK = 1 << 16
 
 class TcpProxy:
     def __init__(self, upstream_host: str, upstream_port: int, *, port: int | None = None,
-                 rewrite: Callable[[], Callable[[bytes], bytes]] | None = None) -> None:
+                 rewrite: Callable[[], Callable[[bytes], bytes]] | None = None,
+                 tls: ssl.SSLContext | None = None, listen: tuple[str, ...] = ("127.0.0.1",)) -> None:
         self.upstream = (upstream_host, upstream_port)
+        self._listen = listen
         self._rewrite = rewrite
+        self._tls = tls
         #: the port it listens on (given, when a broker must advertise it before it starts)
         self.port = port or free_port()
         self._server: asyncio.Server | None = None
@@ -55,7 +66,7 @@ class TcpProxy:
         return f"127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+        self._server = await asyncio.start_server(self._accept, list(self._listen), self.port, ssl=self._tls)
 
     async def close(self) -> None:
         if self._server is not None:

@@ -116,6 +116,7 @@ from ... import naming
 from ...backend import Capabilities, ConsumerType, InitialPosition
 from ...errors import ConfigurationError, UnsupportedError
 from ...redact import shown
+from ...tls import client_context
 from .config import (
     CLIENT_ID,
     COMMIT_EVERY,
@@ -127,6 +128,7 @@ from .config import (
     SASL_MECHANISMS,
     SECURITY_PROTOCOLS,
     SESSION_TIMEOUT_MS,
+    TLS_PROTOCOLS,
     check_settings,
 )
 from .consumer import KafkaConsumer
@@ -172,6 +174,10 @@ class KafkaBackend(KafkaLifecycle):
         connect_timeout: float = 10.0,
         join_timeout: float = 60.0,
         request_timeout_ms: int = 40_000,
+        tls_ca_file: str | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
+        tls_verify_hostname: bool = True,
     ) -> None:
         hosts, protocol, mechanism = check_settings(
             bootstrap_servers,
@@ -187,6 +193,7 @@ class KafkaBackend(KafkaLifecycle):
             connect_timeout=connect_timeout,
             join_timeout=join_timeout,
             request_timeout_ms=request_timeout_ms,
+            tls_files={"ca_file": tls_ca_file, "cert_file": tls_cert_file, "key_file": tls_key_file},
         )
 
         self.bootstrap_servers = ",".join(hosts)
@@ -214,7 +221,13 @@ class KafkaBackend(KafkaLifecycle):
             consumer_types=frozenset({"shared"}),
             exactly_once=True,
         )
+        self.tls_verify_hostname = bool(tls_verify_hostname)
         self._ssl: ssl.SSLContext | None = None
+        if protocol in TLS_PROTOCOLS and (tls_ca_file or tls_cert_file or tls_key_file):
+            # Files given: load them now, so a bad one fails here naming its flag.
+            # (The system's authorities alone are loaded off the loop in ``_connect``.)
+            self._ssl = client_context(tls_ca_file, tls_cert_file, tls_key_file,
+                                       self.tls_verify_hostname, "kafka")
         self._admin: Any = None
         self._clients: dict[str, Any] = {}
         self._lock = asyncio.Lock()

@@ -13,6 +13,8 @@ from ...errors import ConfigurationError
 from ...redact import shown
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+#: the protocols that speak TLS (``--kafka-tls-*`` apply to these only).
+TLS_PROTOCOLS = ("SSL", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 #: Kafka refuses topic names longer than this.
 MAX_TOPIC_LENGTH = 249
@@ -71,6 +73,7 @@ def check_settings(
     connect_timeout: float,
     join_timeout: float,
     request_timeout_ms: int,
+    tls_files: dict[str, str | None] | None = None,
 ) -> tuple[list[str], str, str]:
     """Check the backend's settings; the bootstrap hosts, the security protocol
     and the SASL mechanism, normalised.  Raises ``ConfigurationError`` naming
@@ -99,6 +102,13 @@ def check_settings(
             f"--kafka-security-protocol {shown(security_protocol)}: expected one of "
             f"{', '.join(SECURITY_PROTOCOLS)}"
         )
+    for name, path in (tls_files or {}).items():
+        if path and protocol not in TLS_PROTOCOLS:
+            flag = f"--kafka-tls-{name.replace('_', '-')}"
+            raise ConfigurationError(
+                f"{flag} {shown(path)} is for TLS, which is off: --kafka-security-protocol is "
+                f"{protocol}; use SSL (or SASL_SSL) to connect over TLS, or drop {flag}"
+            )
     mechanism = (sasl_mechanism or "PLAIN").upper()
     if protocol.startswith("SASL"):
         if mechanism not in SASL_MECHANISMS:

@@ -37,7 +37,9 @@ from ...errors import (
     UnsupportedError,
 )
 from ...retry import Backoff, retry
-from .config import _OVERHEAD, CLIENT_ID, consumer_request_timeout_ms
+from ...tls import certificate_failure, client_context
+from ...tls_probe import TlsRefusal, tls_refusal
+from .config import _OVERHEAD, CLIENT_ID, TLS_PROTOCOLS, consumer_request_timeout_ms
 from .errors import _connection_error, _is_sasl_failure, _lost
 
 
@@ -79,6 +81,7 @@ class KafkaConnection:
     connect_timeout: float
     request_timeout_ms: int
     fetch_max_wait_ms: int
+    tls_verify_hostname: bool
     _ssl: ssl.SSLContext | None
     _admin: Any
     _clients: dict[str, Any]
@@ -129,7 +132,16 @@ class KafkaConnection:
                 await stop()
 
     async def _classify(self, exc: BaseException, what: str) -> PubSubError:
-        """Tell refused credentials from an unreachable broker."""
+        """Tell a certificate that did not verify, or refused credentials, from an
+        unreachable broker."""
+        if self.security_protocol in TLS_PROTOCOLS:
+            server_cert = certificate_failure(exc)
+            refusal = TlsRefusal("server", server_cert) if server_cert else await self._probe_tls()
+            if refusal is not None:
+                return BrokerConnectionError(
+                    f"{what}: cannot connect to Kafka at {self.bootstrap_servers} over TLS: "
+                    + refusal.explain("kafka", "--kafka-bootstrap-servers")
+                )
         if self.sasl_mechanism is not None:
             refused = _is_sasl_failure(exc) or await self._probe_refuses_credentials()
             if refused:
@@ -148,6 +160,17 @@ class KafkaConnection:
             "is the broker running and is --kafka-bootstrap-servers "
             "(KAFKA_BOOTSTRAP_SERVERS) right?"
         )
+
+    async def _probe_tls(self) -> TlsRefusal | None:
+        """One TLS handshake with the first bootstrap host: whether a certificate is
+        what fails (aiokafka's bootstrap logs the reason and raises without it)."""
+        first = self.bootstrap_servers.split(",")[0]
+        host, _, port = first.rpartition(":")
+        if self._ssl is None:
+            return None
+        # a handshake takes milliseconds; a listener that is not TLS never answers it
+        return await tls_refusal(host or first, int(port) if host else 9092, self._ssl,
+                                 min(self.connect_timeout, 5.0))
 
     async def _probe_refuses_credentials(self) -> bool:
         """Open one connection with SASL to see whether authentication is what fails.
@@ -181,9 +204,10 @@ class KafkaConnection:
             return self._admin
         async with self._lock:
             if self._admin is None:
-                if self.security_protocol in ("SSL", "SASL_SSL") and self._ssl is None:
+                if self.security_protocol in TLS_PROTOCOLS and self._ssl is None:
                     # Loading the system CA bundle reads files: keep it off the loop.
-                    self._ssl = await asyncio.to_thread(ssl.create_default_context)
+                    self._ssl = await asyncio.to_thread(
+                        client_context, None, None, None, self.tls_verify_hostname, "kafka")
                 admin = AIOKafkaAdminClient(
                     **self._client_kwargs(), request_timeout_ms=int(self.connect_timeout * 1000)
                 )

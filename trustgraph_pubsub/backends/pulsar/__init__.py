@@ -152,6 +152,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -159,8 +160,9 @@ import pulsar.asyncio as pulsar_asyncio
 
 from ... import naming
 from ...backend import Capabilities, ConsumerType, InitialPosition
-from ...errors import ClosedError, ConfigurationError, PubSubError
+from ...errors import BrokerConnectionError, ClosedError, ConfigurationError, PubSubError
 from ...redact import shown
+from ...tls import client_context
 from .config import (
     _CONSUMER_TYPES,
     _POSITIONS,
@@ -168,11 +170,13 @@ from .config import (
     METADATA_RESERVE,
     WINDOW,
     WINDOW_BYTES,
+    TlsSettings,
     _check_settings,
+    _check_tls,
     _qos,
     _redact,
 )
-from .connection import _hold, _make_client, _probe, _release
+from .connection import _hold, _make_client, _probe, _release, _tls_problem
 from .consumer import PulsarConsumer
 from .errors import _CONNECTION_RESULTS, _client_error
 from .errors import _R as _R
@@ -197,10 +201,22 @@ class PulsarBackend:
         operation_timeout: int = 10,
         send_timeout_ms: int = 30000,
         max_message_size: int = 5 * 1024 * 1024,
+        tls_ca_file: str | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
+        tls_verify_hostname: bool = True,
     ) -> None:
         _check_settings(
             host, admin_url, nack_delay_ms, operation_timeout, send_timeout_ms, max_message_size
         )
+        self._tls = TlsSettings(tls_ca_file or None, tls_cert_file or None, tls_key_file or None,
+                                bool(tls_verify_hostname))
+        _check_tls(host, self._tls, bool(api_key))
+        self._ssl: ssl.SSLContext | None = None
+        if any(self._tls.files().values()):
+            # Load the files now, so a bad one fails here naming its flag.  (The system's
+            # authorities alone are loaded in a worker thread when first needed.)
+            self._ssl = self._ssl_context()
         self.host = host
         self.listener = listener
         self.admin_url = admin_url.rstrip("/") if admin_url else None
@@ -241,9 +257,17 @@ class PulsarBackend:
                 if self._client is None:
                     self._client = await asyncio.to_thread(
                         _make_client, self.host, self.__api_key, self.operation_timeout,
-                        self.listener,
+                        self.listener, self._tls,
                     )
         return self._client
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        """The client ``SSLContext`` of the TLS options (blocking: reads files), made once;
+        for the admin API over https and the certificate check of a failed connect."""
+        if self._ssl is None:
+            t = self._tls
+            self._ssl = client_context(t.ca_file, t.cert_file, t.key_file, t.verify_hostname, "pulsar")
+        return self._ssl
 
     def _client_error(self, result: Any, what: str, *, after_connect: bool,
                       probe: str = "") -> PubSubError:
@@ -258,6 +282,14 @@ class PulsarBackend:
         except pulsar_asyncio.PulsarException as exc:
             result = exc.error()
             probe = ""
+            if result in _CONNECTION_RESULTS and self.host.startswith("pulsar+ssl://"):
+                context = await asyncio.to_thread(self._ssl_context)
+                refusal = await _tls_problem(self.host, context)
+                if refusal is not None:
+                    raise BrokerConnectionError(
+                        f"could not connect to Pulsar at {_redact(self.host)} over TLS to {what}: "
+                        + refusal.explain("pulsar", "--pulsar-host")
+                    ) from exc
             if result in _CONNECTION_RESULTS:
                 probe = await _probe(self.host)
             raise self._client_error(result, what, after_connect=False, probe=probe) from exc
@@ -401,7 +433,7 @@ class PulsarBackend:
                 log.debug("closing the Pulsar client: %r", exc)
 
     def __repr__(self) -> str:
-        auth = " auth=token" if self.__api_key else ""
+        auth = " auth=token" if self.__api_key else " auth=tls-certificate" if self._tls.cert_file else ""
         listener = f" listener={self.listener!r}" if self.listener else ""
         admin = f" admin_url={_redact(self.admin_url)!r}" if self.admin_url else ""
         return f"<PulsarBackend host={_redact(self.host)!r}{listener}{admin}{auth}>"
