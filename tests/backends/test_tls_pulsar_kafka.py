@@ -58,12 +58,8 @@ class Item:
 
 
 @pytest.fixture(scope="module")
-def certs() -> Iterator[Certs]:
-    folder = Path(tempfile.mkdtemp(prefix="tg-tls-pk-"))
-    try:
-        yield make_certs(folder)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    return make_certs(tmp_path_factory.mktemp("tls"))
 
 
 def server_context(certs: Certs, *, client_cert: bool = False) -> ssl.SSLContext:
@@ -79,27 +75,33 @@ def fresh(label: str) -> str:
     return make_topic(f"tls-{uuid.uuid4().hex[:8]}-{label}", qos="q1", tenant="tg", namespace="tlstest")
 
 
-async def round_trip(backend: Any, label: str) -> int:
-    """Send N messages through ``backend`` and count what a consumer gets."""
+async def round_trip(config: dict[str, Any], label: str) -> int:
+    """Send N messages through a backend of ``config``; how many a consumer gets."""
+    backend = get_pubsub(**config)
     name = fresh(label)
-    await backend.create_queue(name, "s")
-    producer = await backend.create_producer(name, Item)
-    for i in range(N):
-        await producer.send(Item(i))
-    await producer.flush()
-    await producer.close()
-    consumer = await backend.create_consumer(name, "s", Item, initial_position="earliest")
     got: set[int] = set()
+    start = time.monotonic()
     try:
-        while len(got) < N:
-            try:
-                msg = await consumer.receive(timeout=15)
-            except PubSubTimeoutError:
-                break
-            got.add(msg.value().n)
-            await consumer.acknowledge(msg)
+        await backend.create_queue(name, "s")
+        producer = await backend.create_producer(name, Item)
+        for i in range(N):
+            await producer.send(Item(i))
+        await producer.flush()
+        await producer.close()
+        consumer = await backend.create_consumer(name, "s", Item, initial_position="earliest")
+        try:
+            while len(got) < N:
+                try:
+                    msg = await consumer.receive(timeout=15)
+                except PubSubTimeoutError:
+                    break
+                got.add(msg.value().n)
+                await consumer.acknowledge(msg)
+        finally:
+            await consumer.close()
     finally:
-        await consumer.close()
+        await backend.close()
+    print(f"\n{label} over TLS: {len(got)} of {N} messages in {time.monotonic() - start:.1f}s")
     return len(got)
 
 
@@ -152,24 +154,13 @@ def kafka_tls(port: int, host: str = "localhost", **tls: Any) -> dict[str, Any]:
 
 async def test_kafka_messages_flow_over_tls(certs: Certs) -> None:
     async with kafka_behind_tls(certs) as port:
-        backend = get_pubsub(**kafka_tls(port, ca_file=str(certs.ca)))
-        try:
-            start = time.monotonic()
-            got = await round_trip(backend, "kafka")
-        finally:
-            await backend.close()
-    print(f"\nkafka over TLS: {got} of {N} messages in {time.monotonic() - start:.1f}s")
-    assert got == N
+        assert await round_trip(kafka_tls(port, ca_file=str(certs.ca)), "kafka") == N
 
 
 async def test_kafka_mutual_tls(certs: Certs) -> None:
     async with kafka_behind_tls(certs, client_cert=True) as port:
-        backend = get_pubsub(**kafka_tls(port, ca_file=str(certs.ca), cert_file=str(certs.client_cert),
-                                         key_file=str(certs.client_key)))
-        try:
-            got = await round_trip(backend, "kafka-mtls")
-        finally:
-            await backend.close()
+        got = await round_trip(kafka_tls(port, ca_file=str(certs.ca), cert_file=str(certs.client_cert),
+                                         key_file=str(certs.client_key)), "kafka mutual")
         # and without a client certificate the proxy refuses the handshake
         text, _ = await refused(lambda b: b.create_queue(fresh("kafka-nocert"), "s"),
                                 kafka_tls(port, ca_file=str(certs.ca)), 30)
@@ -233,14 +224,7 @@ def pulsar_tls(port: int, host: str = "localhost", **tls: Any) -> dict[str, Any]
 @pytest.mark.parametrize("broker", ["pulsar"], indirect=True)
 async def test_pulsar_messages_flow_over_tls(broker: Broker, certs: Certs) -> None:
     async with pulsar_behind_tls(broker, certs) as port:
-        backend = get_pubsub(**pulsar_tls(port, ca_file=str(certs.ca)))
-        try:
-            start = time.monotonic()
-            got = await round_trip(backend, "pulsar")
-        finally:
-            await backend.close()
-    print(f"\npulsar over TLS: {got} of {N} messages in {time.monotonic() - start:.1f}s")
-    assert got == N
+        assert await round_trip(pulsar_tls(port, ca_file=str(certs.ca)), "pulsar") == N
 
 
 @pytest.mark.parametrize("broker", ["pulsar"], indirect=True)
@@ -248,12 +232,8 @@ async def test_pulsar_mutual_tls(broker: Broker, certs: Certs) -> None:
     """The client certificate goes in AuthenticationTLS: presented in the handshake
     (the proxy requires one), and pulsar-lite, which checks no credentials, accepts it."""
     async with pulsar_behind_tls(broker, certs, client_cert=True) as port:
-        backend = get_pubsub(**pulsar_tls(port, ca_file=str(certs.ca), cert_file=str(certs.client_cert),
-                                          key_file=str(certs.client_key)))
-        try:
-            got = await round_trip(backend, "pulsar-mtls")
-        finally:
-            await backend.close()
+        got = await round_trip(pulsar_tls(port, ca_file=str(certs.ca), cert_file=str(certs.client_cert),
+                                          key_file=str(certs.client_key)), "pulsar mutual")
         text, _ = await refused(lambda b: b.create_producer(fresh("pulsar-nocert"), Item),
                                 pulsar_tls(port, ca_file=str(certs.ca)), 30)
     assert got == N

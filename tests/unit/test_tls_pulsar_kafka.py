@@ -8,10 +8,7 @@ and tansu): ``tests/backends/test_tls_pulsar_kafka.py``.
 
 from __future__ import annotations
 
-import shutil
 import ssl
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +24,8 @@ SSL_HOST = "pulsar+ssl://localhost:6651"
 
 
 @pytest.fixture(scope="module")
-def certs() -> Iterator[Certs]:
-    folder = Path(tempfile.mkdtemp(prefix="tg-tls-unit-"))
-    try:
-        yield make_certs(folder)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    return make_certs(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture(autouse=True)

@@ -62,6 +62,19 @@ Consumer types: only ``shared``.  A group splits partitions between members,
 so there is no way to make Kafka refuse a second consumer (``exclusive``) or
 keep a hot standby for a whole topic (``failover``).
 
+TLS is on with ``security_protocol`` SSL or SASL_SSL (``tls_*`` files with
+PLAINTEXT or SASL_PLAINTEXT are refused).  One ``ssl.SSLContext`` from
+``tls.client_context`` goes to every aiokafka client (admin, producers,
+consumers, group clients): made at construction when files are given (a bad
+one names its flag), else on first connect from the system's authorities.
+aiokafka's bootstrap hides why a handshake failed; ``tls_probe`` finds which
+certificate did, for the error.
+
+A stalled link (open, silent) is noticed when a request times out (aiokafka
+then drops the connection): ``request_timeout_ms`` for the producer, and for
+consumers the same but never under a fetch's wait or a JoinGroup's session
+timeout plus 5 s (``config.consumer_request_timeout_ms``).
+
 Layout: ``config`` (tuning constants, settings validation), ``errors``
 (aiokafka's exceptions and the broker's error codes mapped to the SDK's),
 ``connection`` (the clients: start, stop, SASL, admin requests),

@@ -94,6 +94,17 @@ Choices where the contract leaves room, with why:
 * **Auth**: ``api_key`` is a token (``AuthenticationToken``); it never
   appears in a repr, log line or error.  ``listener`` picks an advertised
   listener.
+* **TLS** is on with a ``pulsar+ssl://`` host (``tls_*`` files with
+  ``pulsar://`` are refused).  The C++ client takes file paths: ``tls_ca_file``
+  (else the system's bundle, not certifi's), ``tls_verify_hostname``, never an
+  insecure connection; a client certificate goes in ``AuthenticationTLS``
+  (handshake and Pulsar TLS authentication, so not beside ``api_key``).  The
+  files are loaded once by ``tls.client_context`` at construction (a bad one
+  names its flag), and that context serves an ``https`` admin URL.  The client
+  reports a failed handshake only as ``ConnectError``/``Timeout``;
+  ``tls_probe`` finds out which certificate failed, for the error.
+* **A stalled link** (open, silent) is noticed by the client's keep-alive,
+  fixed at 30 s (pulsar-client 3.13's Python API does not set it): 30 to 60 s.
 * **The client's own log** (C++) goes to its console logger (standard
   output) at WARN and above, not to ``logging``: with a Python logger the client calls into Python for
   every line it produces, debug lines for every message included, which
@@ -105,8 +116,8 @@ Layout (the same modules in every broker backend package):
 * ``config``: tuning knobs, the consumer-type and position tables, checks of
   the options, URLs shown with secrets redacted.
 * ``connection``: making the client, callbacks from its threads into the
-  event loop, the TCP probe behind a failed connect, and the consumers this
-  process holds on each subscription.
+  event loop, the TCP and TLS probes behind a failed connect, and the
+  consumers this process holds on each subscription.
 * ``errors``: the client's result codes as the SDK's errors.
 * ``producer``: ``PulsarProducer``.
 * ``consumer``: ``PulsarConsumer`` and its received message.
