@@ -160,7 +160,7 @@ async def test_kafka_messages_flow_over_tls(certs: Certs) -> None:
 async def test_kafka_mutual_tls(certs: Certs) -> None:
     async with kafka_behind_tls(certs, client_cert=True) as port:
         got = await round_trip(kafka_tls(port, ca_file=str(certs.ca), cert_file=str(certs.client_cert),
-                                         key_file=str(certs.client_key)), "kafka mutual")
+                                         key_file=str(certs.client_key)), "kafka-mutual")
         # and without a client certificate the proxy refuses the handshake
         text, _ = await refused(lambda b: b.create_queue(fresh("kafka-nocert"), "s"),
                                 kafka_tls(port, ca_file=str(certs.ca)), 30)
@@ -233,7 +233,7 @@ async def test_pulsar_mutual_tls(broker: Broker, certs: Certs) -> None:
     (the proxy requires one), and pulsar-lite, which checks no credentials, accepts it."""
     async with pulsar_behind_tls(broker, certs, client_cert=True) as port:
         got = await round_trip(pulsar_tls(port, ca_file=str(certs.ca), cert_file=str(certs.client_cert),
-                                          key_file=str(certs.client_key)), "pulsar mutual")
+                                          key_file=str(certs.client_key)), "pulsar-mutual")
         text, _ = await refused(lambda b: b.create_producer(fresh("pulsar-nocert"), Item),
                                 pulsar_tls(port, ca_file=str(certs.ca)), 30)
     assert got == N
