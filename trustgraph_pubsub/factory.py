@@ -43,6 +43,23 @@ class Option:
     secret: bool = False
 
 
+def tls_options(env_prefix: str, turned_on_by: str, client_cert: str = "") -> tuple[Option, ...]:
+    """The TLS options every backend shares: trusted authorities, a client certificate
+    and its key (mutual TLS), the name check; ``env_prefix`` names their environment
+    variables (``<PREFIX>_TLS_CA_FILE``...), ``turned_on_by`` what turns TLS on."""
+    mutual = f"client certificate (PEM) for mutual TLS{'; ' + client_cert if client_cert else ''}"
+    return (
+        Option("tls_ca_file", f"{env_prefix}_TLS_CA_FILE", None,
+               help=f"PEM file of the authorities to trust (TLS is on with {turned_on_by}; "
+               "default: the system's)"),
+        Option("tls_cert_file", f"{env_prefix}_TLS_CERT_FILE", None, help=mutual),
+        Option("tls_key_file", f"{env_prefix}_TLS_KEY_FILE", None,
+               help="the client certificate's private key (PEM)"),
+        Option("tls_verify_hostname", f"{env_prefix}_TLS_VERIFY_HOSTNAME", True, bool,
+               help="check the broker's name against its certificate"),
+    )
+
+
 BACKEND_OPTIONS: dict[str, tuple[Option, ...]] = {
     "pulsar": (
         Option("host", "PULSAR_HOST", "pulsar://localhost:6650", help="Pulsar service URL"),
@@ -59,6 +76,8 @@ BACKEND_OPTIONS: dict[str, tuple[Option, ...]] = {
                help="how long the client keeps retrying an unconfirmed send (0: forever)"),
         Option("max_message_size", "PULSAR_MAX_MESSAGE_SIZE", 5 * 1024 * 1024, int,
                help="the broker's maxMessageSize in bytes (payloads get this less 16 KiB)"),
+        *tls_options("PULSAR", "a pulsar+ssl:// --pulsar-host",
+                     "Pulsar TLS authentication, instead of --pulsar-api-key"),
     ),
     "rabbitmq": (
         Option("host", "RABBITMQ_HOST", "localhost", help="RabbitMQ host"),
@@ -144,8 +163,11 @@ BACKEND_OPTIONS: dict[str, tuple[Option, ...]] = {
         Option("join_timeout", "KAFKA_JOIN_TIMEOUT", 60.0, float,
                help="seconds create_consumer waits to join its group and get partitions"),
         Option("request_timeout_ms", "KAFKA_REQUEST_TIMEOUT_MS", 40000, int,
-               help="how long the producer keeps an unconfirmed batch before failing it "
-               "(Producer then sends it again)"),
+               help="how long a Kafka client waits for an answer before it drops the "
+               "connection and reconnects (a stalled link is noticed by then); the producer "
+               "fails what it had not confirmed (Producer sends it again); consumers wait at "
+               "least 5 s past a fetch's wait, and group members past the 10 s session timeout"),
+        *tls_options("KAFKA", "--kafka-security-protocol SSL or SASL_SSL"),
     ),
     "memory": (),
 }

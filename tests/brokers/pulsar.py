@@ -19,6 +19,14 @@ subscription makes it drop the whole connection instead of answering
 ConsumerBusy (the backend refuses that case itself within one process);
 chunked messages are unreliable.  It checks no credentials, so
 ``bad_credentials_config`` is None.
+
+pulsar-lite answers every topic lookup with its own listen address (``--addr``,
+an unspecified address shown as loopback) and has no option to advertise
+another, nor a TLS address (``brokerServiceUrlTls`` is empty), so a client
+reaching it through a ``TcpProxy`` would open its topic connections straight
+to the broker, and a ``pulsar+ssl://`` client would find nowhere to go.
+``LookupRewriter`` makes the proxy stand in for the missing options: it
+rewrites the lookup answers to name the proxy.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import signal
 import subprocess
 import tempfile
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -55,6 +64,122 @@ HOW_TO = (
     "or point TG_PULSAR_URL at a running Pulsar (pulsar://host:6650)"
 )
 CONFIG = "[metrics]\nenabled = false\n"
+
+
+def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
+    shift = value = 0
+    while True:
+        byte = buf[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, i
+        shift += 7
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        out.append(low | 0x80 if n else low)
+        if not n:
+            return bytes(out)
+
+
+def _fields(buf: bytes) -> list[tuple[int, int, bytes]]:
+    """``(number, wire type, value bytes)`` of each field of one protobuf message."""
+    out: list[tuple[int, int, bytes]] = []
+    i = 0
+    while i < len(buf):
+        key, i = _read_varint(buf, i)
+        number, wire = key >> 3, key & 7
+        start = i
+        if wire == 0:
+            _, i = _read_varint(buf, i)
+        elif wire == 1:
+            i += 8
+        elif wire == 5:
+            i += 4
+        elif wire == 2:
+            size, start = _read_varint(buf, i)
+            i = start + size
+        else:
+            raise ValueError(f"wire type {wire}")
+        if i > len(buf):
+            raise ValueError("truncated")
+        out.append((number, wire, buf[start:i]))
+    return out
+
+
+def _encode(fields: list[tuple[int, int, bytes]]) -> bytes:
+    out = bytearray()
+    for number, wire, value in fields:
+        out += _varint(number << 3 | wire)
+        if wire == 2:
+            out += _varint(len(value))
+        out += value
+    return bytes(out)
+
+
+class LookupRewriter:
+    """A ``TcpProxy`` ``rewrite`` factory: Pulsar frames from the broker pass
+    whole, except lookup answers naming ``broker_url``, which name the proxy:
+    ``brokerServiceUrl`` becomes ``proxy_url`` and, when ``proxy_tls_url`` is
+    given, ``brokerServiceUrlTls`` becomes it (pulsar-lite leaves that empty, and
+    a ``pulsar+ssl://`` client connects to it).
+
+    Frames are ``[total size][command size][command][payload]``; the command is
+    a protobuf ``BaseCommand`` whose lookup answer is a sub-message with the URL
+    in field 1 and the TLS URL in field 2.  Only the command is re-encoded (a
+    message's checksum covers its payload, not the command).  ``rewritten``
+    counts the answers changed.
+    """
+
+    def __init__(self, broker_url: str, proxy_url: str, proxy_tls_url: str | None = None) -> None:
+        self.old = broker_url.encode()
+        self.new = proxy_url.encode()
+        self.new_tls = proxy_tls_url.encode() if proxy_tls_url else None
+        self.rewritten = 0
+
+    def _command(self, command: bytes) -> bytes:
+        fields = _fields(command)
+        for k, (number, wire, value) in enumerate(fields):
+            if wire != 2:
+                continue
+            try:
+                inner = _fields(value)
+            except (ValueError, IndexError):
+                continue  # a string or bytes field, not a message
+            if (1, 2, self.old) not in inner:
+                continue
+            kept = [f for f in inner if f[0] not in (1, 2)]
+            head = [(1, 2, self.new)] + ([(2, 2, self.new_tls)] if self.new_tls else [])
+            fields[k] = (number, wire, _encode(head + kept))
+            self.rewritten += 1
+            return _encode(fields)
+        return command
+
+    def __call__(self) -> Callable[[bytes], bytes]:
+        pending = bytearray()
+
+        def rewrite(data: bytes) -> bytes:
+            pending.extend(data)
+            out = bytearray()
+            while len(pending) >= 8:
+                end = 4 + int.from_bytes(pending[:4], "big")
+                if len(pending) < end:
+                    break
+                command_end = 8 + int.from_bytes(pending[4:8], "big")
+                command = bytes(pending[8:command_end])
+                if self.old in command:
+                    command = self._command(command)
+                rest = bytes(pending[command_end:end])
+                body = len(command).to_bytes(4, "big") + command + rest
+                out += len(body).to_bytes(4, "big") + body
+                del pending[:end]
+            return bytes(out)
+
+        return rewrite
 
 
 def _binary() -> str:

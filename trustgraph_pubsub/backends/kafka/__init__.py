@@ -62,6 +62,19 @@ Consumer types: only ``shared``.  A group splits partitions between members,
 so there is no way to make Kafka refuse a second consumer (``exclusive``) or
 keep a hot standby for a whole topic (``failover``).
 
+TLS is on with ``security_protocol`` SSL or SASL_SSL (``tls_*`` files with
+PLAINTEXT or SASL_PLAINTEXT are refused).  One ``ssl.SSLContext`` from
+``tls.client_context`` goes to every aiokafka client (admin, producers,
+consumers, group clients): made at construction when files are given (a bad
+one names its flag), else on first connect from the system's authorities.
+aiokafka's bootstrap hides why a handshake failed; ``tls_probe`` finds which
+certificate did, for the error.
+
+A stalled link (open, silent) is noticed when a request times out (aiokafka
+then drops the connection): ``request_timeout_ms`` for the producer, and for
+consumers the same but never under a fetch's wait or a JoinGroup's session
+timeout plus 5 s (``config.consumer_request_timeout_ms``).
+
 Layout: ``config`` (tuning constants, settings validation), ``errors``
 (aiokafka's exceptions and the broker's error codes mapped to the SDK's),
 ``connection`` (the clients: start, stop, SASL, admin requests),
@@ -116,6 +129,7 @@ from ... import naming
 from ...backend import Capabilities, ConsumerType, InitialPosition
 from ...errors import ConfigurationError, UnsupportedError
 from ...redact import shown
+from ...tls import client_context
 from .config import (
     CLIENT_ID,
     COMMIT_EVERY,
@@ -127,6 +141,7 @@ from .config import (
     SASL_MECHANISMS,
     SECURITY_PROTOCOLS,
     SESSION_TIMEOUT_MS,
+    TLS_PROTOCOLS,
     check_settings,
 )
 from .consumer import KafkaConsumer
@@ -172,6 +187,10 @@ class KafkaBackend(KafkaLifecycle):
         connect_timeout: float = 10.0,
         join_timeout: float = 60.0,
         request_timeout_ms: int = 40_000,
+        tls_ca_file: str | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
+        tls_verify_hostname: bool = True,
     ) -> None:
         hosts, protocol, mechanism = check_settings(
             bootstrap_servers,
@@ -187,6 +206,7 @@ class KafkaBackend(KafkaLifecycle):
             connect_timeout=connect_timeout,
             join_timeout=join_timeout,
             request_timeout_ms=request_timeout_ms,
+            tls_files={"ca_file": tls_ca_file, "cert_file": tls_cert_file, "key_file": tls_key_file},
         )
 
         self.bootstrap_servers = ",".join(hosts)
@@ -214,7 +234,13 @@ class KafkaBackend(KafkaLifecycle):
             consumer_types=frozenset({"shared"}),
             exactly_once=True,
         )
+        self.tls_verify_hostname = bool(tls_verify_hostname)
         self._ssl: ssl.SSLContext | None = None
+        if protocol in TLS_PROTOCOLS and (tls_ca_file or tls_cert_file or tls_key_file):
+            # Files given: load them now, so a bad one fails here naming its flag.
+            # (The system's authorities alone are loaded off the loop in ``_connect``.)
+            self._ssl = client_context(tls_ca_file, tls_cert_file, tls_key_file,
+                                       self.tls_verify_hostname, "kafka")
         self._admin: Any = None
         self._clients: dict[str, Any] = {}
         self._lock = asyncio.Lock()

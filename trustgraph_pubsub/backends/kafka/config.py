@@ -13,6 +13,8 @@ from ...errors import ConfigurationError
 from ...redact import shown
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+#: the protocols that speak TLS (``--kafka-tls-*`` apply to these only).
+TLS_PROTOCOLS = ("SSL", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 #: Kafka refuses topic names longer than this.
 MAX_TOPIC_LENGTH = 249
@@ -28,6 +30,10 @@ COMMIT_EVERY = 1000
 #: joining) is noticed within half a second by the other members.
 SESSION_TIMEOUT_MS = 10_000
 HEARTBEAT_INTERVAL_MS = 500
+#: milliseconds a consumer's request timeout keeps above the longest a broker may
+#: rightly hold a request: a fetch (``fetch_max_wait_ms``) and, in a group, a
+#: JoinGroup (the rebalance timeout, which is the session timeout here).
+ANSWER_MARGIN_MS = 5_000
 #: how long a revoked partition waits for in-flight messages to be acked
 #: before its prefix is committed (fewer duplicates after a rebalance).
 REVOKE_GRACE = 1.0
@@ -35,6 +41,21 @@ REVOKE_GRACE = 1.0
 FETCH_BATCH = 500
 #: producer futures kept before finished ones are swept.
 _SWEEP_AT = 4096
+
+
+def consumer_request_timeout_ms(request_timeout_ms: int, fetch_max_wait_ms: int, *,
+                                group: bool) -> int:
+    """The request timeout of a consumer client: ``--kafka-request-timeout-ms``, but
+    never so short that a fetch or a group join the broker rightly holds times out.
+
+    A request that times out closes its connection (aiokafka), so this is also how
+    soon a consumer gives up on a stalled link; left at aiokafka's 40 s default it
+    ignored the option.
+    """
+    floor = fetch_max_wait_ms + ANSWER_MARGIN_MS
+    if group:
+        floor = max(floor, SESSION_TIMEOUT_MS + ANSWER_MARGIN_MS)
+    return max(request_timeout_ms, floor)
 
 
 def check_settings(
@@ -52,6 +73,7 @@ def check_settings(
     connect_timeout: float,
     join_timeout: float,
     request_timeout_ms: int,
+    tls_files: dict[str, str | None] | None = None,
 ) -> tuple[list[str], str, str]:
     """Check the backend's settings; the bootstrap hosts, the security protocol
     and the SASL mechanism, normalised.  Raises ``ConfigurationError`` naming
@@ -80,6 +102,13 @@ def check_settings(
             f"--kafka-security-protocol {shown(security_protocol)}: expected one of "
             f"{', '.join(SECURITY_PROTOCOLS)}"
         )
+    for name, path in (tls_files or {}).items():
+        if path and protocol not in TLS_PROTOCOLS:
+            flag = f"--kafka-tls-{name.replace('_', '-')}"
+            raise ConfigurationError(
+                f"{flag} {shown(path)} is for TLS, which is off: --kafka-security-protocol is "
+                f"{protocol}; use SSL (or SASL_SSL) to connect over TLS, or drop {flag}"
+            )
     mechanism = (sasl_mechanism or "PLAIN").upper()
     if protocol.startswith("SASL"):
         if mechanism not in SASL_MECHANISMS:

@@ -37,7 +37,9 @@ from ...errors import (
     UnsupportedError,
 )
 from ...retry import Backoff, retry
-from .config import _OVERHEAD, CLIENT_ID
+from ...tls import certificate_failure, client_context
+from ...tls_probe import TlsRefusal, tls_refusal
+from .config import _OVERHEAD, CLIENT_ID, TLS_PROTOCOLS, consumer_request_timeout_ms
 from .errors import _connection_error, _is_sasl_failure, _lost
 
 
@@ -78,6 +80,8 @@ class KafkaConnection:
     max_message_size: int
     connect_timeout: float
     request_timeout_ms: int
+    fetch_max_wait_ms: int
+    tls_verify_hostname: bool
     _ssl: ssl.SSLContext | None
     _admin: Any
     _clients: dict[str, Any]
@@ -128,7 +132,16 @@ class KafkaConnection:
                 await stop()
 
     async def _classify(self, exc: BaseException, what: str) -> PubSubError:
-        """Tell refused credentials from an unreachable broker."""
+        """Tell a certificate that did not verify, or refused credentials, from an
+        unreachable broker."""
+        if self.security_protocol in TLS_PROTOCOLS:
+            server_cert = certificate_failure(exc)
+            refusal = TlsRefusal("server", server_cert) if server_cert else await self._probe_tls()
+            if refusal is not None:
+                return BrokerConnectionError(
+                    f"{what}: cannot connect to Kafka at {self.bootstrap_servers} over TLS: "
+                    + refusal.explain("kafka", "--kafka-bootstrap-servers")
+                )
         if self.sasl_mechanism is not None:
             refused = _is_sasl_failure(exc) or await self._probe_refuses_credentials()
             if refused:
@@ -147,6 +160,17 @@ class KafkaConnection:
             "is the broker running and is --kafka-bootstrap-servers "
             "(KAFKA_BOOTSTRAP_SERVERS) right?"
         )
+
+    async def _probe_tls(self) -> TlsRefusal | None:
+        """One TLS handshake with the first bootstrap host: whether a certificate is
+        what fails (aiokafka's bootstrap logs the reason and raises without it)."""
+        first = self.bootstrap_servers.split(",")[0]
+        host, _, port = first.rpartition(":")
+        if self._ssl is None:
+            return None
+        # a handshake takes milliseconds; a listener that is not TLS never answers it
+        return await tls_refusal(host or first, int(port) if host else 9092, self._ssl,
+                                 min(self.connect_timeout, 5.0))
 
     async def _probe_refuses_credentials(self) -> bool:
         """Open one connection with SASL to see whether authentication is what fails.
@@ -180,9 +204,10 @@ class KafkaConnection:
             return self._admin
         async with self._lock:
             if self._admin is None:
-                if self.security_protocol in ("SSL", "SASL_SSL") and self._ssl is None:
+                if self.security_protocol in TLS_PROTOCOLS and self._ssl is None:
                     # Loading the system CA bundle reads files: keep it off the loop.
-                    self._ssl = await asyncio.to_thread(ssl.create_default_context)
+                    self._ssl = await asyncio.to_thread(
+                        client_context, None, None, None, self.tls_verify_hostname, "kafka")
                 admin = AIOKafkaAdminClient(
                     **self._client_kwargs(), request_timeout_ms=int(self.connect_timeout * 1000)
                 )
@@ -250,6 +275,10 @@ class KafkaConnection:
 
     async def _group_client(self, group: str) -> Any:
         """A consumer client for a group that never joins it (offset look-ups and commits)."""
-        client = AIOKafkaConsumer(**self._client_kwargs(), group_id=group, enable_auto_commit=False)
+        client = AIOKafkaConsumer(
+            **self._client_kwargs(), group_id=group, enable_auto_commit=False,
+            request_timeout_ms=consumer_request_timeout_ms(
+                self.request_timeout_ms, self.fetch_max_wait_ms, group=False),
+        )
         await self._start_client(client, f"group {group!r} client")
         return client

@@ -31,6 +31,7 @@ from .config import (
     HEARTBEAT_INTERVAL_MS,
     REVOKE_GRACE,
     SESSION_TIMEOUT_MS,
+    consumer_request_timeout_ms,
 )
 from .connection import _settle_at_end
 from .errors import _lost
@@ -135,6 +136,8 @@ class KafkaConsumer:
             max_partition_fetch_bytes=max(1024 * 1024, b.max_message_size + _OVERHEAD),
             session_timeout_ms=SESSION_TIMEOUT_MS,
             heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+            request_timeout_ms=consumer_request_timeout_ms(
+                b.request_timeout_ms, b.fetch_max_wait_ms, group=True),
         )
         await b._start_client(self._client, f"consumer of {self.topic} ({self.subscription})")
         try:
@@ -173,6 +176,8 @@ class KafkaConsumer:
             auto_offset_reset=self._initial_position,
             fetch_max_wait_ms=b.fetch_max_wait_ms,
             max_partition_fetch_bytes=max(1024 * 1024, b.max_message_size + _OVERHEAD),
+            request_timeout_ms=consumer_request_timeout_ms(
+                b.request_timeout_ms, b.fetch_max_wait_ms, group=False),
         )
         await b._start_client(self._client, f"consumer of {self.topic} ({self.subscription})")
         try:

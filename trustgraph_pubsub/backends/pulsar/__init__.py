@@ -94,6 +94,17 @@ Choices where the contract leaves room, with why:
 * **Auth**: ``api_key`` is a token (``AuthenticationToken``); it never
   appears in a repr, log line or error.  ``listener`` picks an advertised
   listener.
+* **TLS** is on with a ``pulsar+ssl://`` host (``tls_*`` files with
+  ``pulsar://`` are refused).  The C++ client takes file paths: ``tls_ca_file``
+  (else the system's bundle, not certifi's), ``tls_verify_hostname``, never an
+  insecure connection; a client certificate goes in ``AuthenticationTLS``
+  (handshake and Pulsar TLS authentication, so not beside ``api_key``).  The
+  files are loaded once by ``tls.client_context`` at construction (a bad one
+  names its flag), and that context serves an ``https`` admin URL.  The client
+  reports a failed handshake only as ``ConnectError``/``Timeout``;
+  ``tls_probe`` finds out which certificate failed, for the error.
+* **A stalled link** (open, silent) is noticed by the client's keep-alive,
+  fixed at 30 s (pulsar-client 3.13's Python API does not set it): 30 to 60 s.
 * **The client's own log** (C++) goes to its console logger (standard
   output) at WARN and above, not to ``logging``: with a Python logger the client calls into Python for
   every line it produces, debug lines for every message included, which
@@ -105,8 +116,8 @@ Layout (the same modules in every broker backend package):
 * ``config``: tuning knobs, the consumer-type and position tables, checks of
   the options, URLs shown with secrets redacted.
 * ``connection``: making the client, callbacks from its threads into the
-  event loop, the TCP probe behind a failed connect, and the consumers this
-  process holds on each subscription.
+  event loop, the TCP and TLS probes behind a failed connect, and the
+  consumers this process holds on each subscription.
 * ``errors``: the client's result codes as the SDK's errors.
 * ``producer``: ``PulsarProducer``.
 * ``consumer``: ``PulsarConsumer`` and its received message.
@@ -152,6 +163,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -159,8 +171,9 @@ import pulsar.asyncio as pulsar_asyncio
 
 from ... import naming
 from ...backend import Capabilities, ConsumerType, InitialPosition
-from ...errors import ClosedError, ConfigurationError, PubSubError
+from ...errors import BrokerConnectionError, ClosedError, ConfigurationError, PubSubError
 from ...redact import shown
+from ...tls import client_context
 from .config import (
     _CONSUMER_TYPES,
     _POSITIONS,
@@ -168,11 +181,13 @@ from .config import (
     METADATA_RESERVE,
     WINDOW,
     WINDOW_BYTES,
+    TlsSettings,
     _check_settings,
+    _check_tls,
     _qos,
     _redact,
 )
-from .connection import _hold, _make_client, _probe, _release
+from .connection import _hold, _make_client, _probe, _release, _tls_problem
 from .consumer import PulsarConsumer
 from .errors import _CONNECTION_RESULTS, _client_error
 from .errors import _R as _R
@@ -197,10 +212,22 @@ class PulsarBackend:
         operation_timeout: int = 10,
         send_timeout_ms: int = 30000,
         max_message_size: int = 5 * 1024 * 1024,
+        tls_ca_file: str | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
+        tls_verify_hostname: bool = True,
     ) -> None:
         _check_settings(
             host, admin_url, nack_delay_ms, operation_timeout, send_timeout_ms, max_message_size
         )
+        self._tls = TlsSettings(tls_ca_file or None, tls_cert_file or None, tls_key_file or None,
+                                bool(tls_verify_hostname))
+        _check_tls(host, self._tls, bool(api_key))
+        self._ssl: ssl.SSLContext | None = None
+        if any(self._tls.files().values()):
+            # Load the files now, so a bad one fails here naming its flag.  (The system's
+            # authorities alone are loaded in a worker thread when first needed.)
+            self._ssl = self._ssl_context()
         self.host = host
         self.listener = listener
         self.admin_url = admin_url.rstrip("/") if admin_url else None
@@ -241,9 +268,17 @@ class PulsarBackend:
                 if self._client is None:
                     self._client = await asyncio.to_thread(
                         _make_client, self.host, self.__api_key, self.operation_timeout,
-                        self.listener,
+                        self.listener, self._tls,
                     )
         return self._client
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        """The client ``SSLContext`` of the TLS options (blocking: reads files), made once;
+        for the admin API over https and the certificate check of a failed connect."""
+        if self._ssl is None:
+            t = self._tls
+            self._ssl = client_context(t.ca_file, t.cert_file, t.key_file, t.verify_hostname, "pulsar")
+        return self._ssl
 
     def _client_error(self, result: Any, what: str, *, after_connect: bool,
                       probe: str = "") -> PubSubError:
@@ -258,6 +293,14 @@ class PulsarBackend:
         except pulsar_asyncio.PulsarException as exc:
             result = exc.error()
             probe = ""
+            if result in _CONNECTION_RESULTS and self.host.startswith("pulsar+ssl://"):
+                context = await asyncio.to_thread(self._ssl_context)
+                refusal = await _tls_problem(self.host, context)
+                if refusal is not None:
+                    raise BrokerConnectionError(
+                        f"could not connect to Pulsar at {_redact(self.host)} over TLS to {what}: "
+                        + refusal.explain("pulsar", "--pulsar-host")
+                    ) from exc
             if result in _CONNECTION_RESULTS:
                 probe = await _probe(self.host)
             raise self._client_error(result, what, after_connect=False, probe=probe) from exc
@@ -401,7 +444,7 @@ class PulsarBackend:
                 log.debug("closing the Pulsar client: %r", exc)
 
     def __repr__(self) -> str:
-        auth = " auth=token" if self.__api_key else ""
+        auth = " auth=token" if self.__api_key else " auth=tls-certificate" if self._tls.cert_file else ""
         listener = f" listener={self.listener!r}" if self.listener else ""
         admin = f" admin_url={_redact(self.admin_url)!r}" if self.admin_url else ""
         return f"<PulsarBackend host={_redact(self.host)!r}{listener}{admin}{auth}>"

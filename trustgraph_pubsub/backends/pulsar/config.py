@@ -3,6 +3,8 @@ checks of the options it is given, and how its URLs are shown (secrets redacted)
 
 from __future__ import annotations
 
+import ssl
+from dataclasses import dataclass
 from typing import Any
 
 import pulsar
@@ -96,6 +98,55 @@ def _check_settings(
     ):
         if not isinstance(value, int) or value < low:
             raise ConfigurationError(f"{flag} must be an integer >= {low}, got {shown(value)}")
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """The ``--pulsar-tls-*`` options; TLS itself is on with a ``pulsar+ssl://`` URL."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    verify_hostname: bool = True
+
+    def files(self) -> dict[str, str | None]:
+        return {"ca-file": self.ca_file, "cert-file": self.cert_file, "key-file": self.key_file}
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """``pulsar.Client`` arguments for TLS (the C++ client takes file paths).
+
+        With no CA file the system's bundle is trusted (OpenSSL's default file,
+        ``SSL_CERT_FILE`` honoured), as a ``ssl`` context would; the Python client
+        would otherwise fall back to ``certifi``'s.  A client certificate goes in
+        ``AuthenticationTLS``, which presents it in the handshake and authenticates
+        as its role.
+        """
+        trust = self.ca_file or ssl.get_default_verify_paths().cafile
+        kwargs: dict[str, Any] = {
+            "tls_validate_hostname": self.verify_hostname,
+            "tls_allow_insecure_connection": False,
+        }
+        if trust:
+            kwargs["tls_trust_certs_file_path"] = trust
+        if self.cert_file and self.key_file:
+            kwargs["authentication"] = pulsar.AuthenticationTLS(self.cert_file, self.key_file)
+        return kwargs
+
+
+def _check_tls(host: str, tls: TlsSettings, api_key_given: bool) -> None:
+    """Refuse ``--pulsar-tls-*`` files without a ``pulsar+ssl://`` URL, and a client
+    certificate beside a token (both would authenticate)."""
+    for name, path in tls.files().items():
+        if path and not host.startswith("pulsar+ssl://"):
+            raise ConfigurationError(
+                f"--pulsar-tls-{name} {shown(path)} is for TLS, which is off: --pulsar-host "
+                f"{shown(host)} is not a pulsar+ssl:// URL (TLS: pulsar+ssl://host:6651)"
+            )
+    if tls.cert_file and api_key_given:
+        raise ConfigurationError(
+            "--pulsar-tls-cert-file and --pulsar-api-key both authenticate (a client "
+            "certificate as its own role, by Pulsar TLS authentication); give one of them"
+        )
 
 
 def _qos(topic: str) -> str:

@@ -5,6 +5,7 @@ found, and the consumers this process holds on each subscription."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 import urllib.parse
 from collections.abc import Callable
@@ -15,7 +16,8 @@ import pulsar.asyncio as pulsar_asyncio
 
 from ... import naming
 from ...errors import ConfigurationError, PubSubError
-from .config import _redact
+from ...tls_probe import TlsRefusal, tls_refusal
+from .config import TlsSettings, _redact
 from .errors import _R
 
 
@@ -61,17 +63,21 @@ def _retrieve(fut: asyncio.Future[Any]) -> None:
 
 
 def _make_client(host: str, api_key: str | None, operation_timeout: int,
-                 listener: str | None) -> Any:
+                 listener: str | None, tls: TlsSettings) -> Any:
     """A ``pulsar.asyncio.Client`` for these options (blocking: run it in a worker thread)."""
-    auth = pulsar.AuthenticationToken(api_key) if api_key else None
+    kwargs: dict[str, Any] = {
+        "authentication": pulsar.AuthenticationToken(api_key) if api_key else None,
+    }
+    if host.startswith("pulsar+ssl://"):
+        kwargs.update(tls.client_kwargs())
     try:
         return pulsar_asyncio.Client(
             host,
-            authentication=auth,
             operation_timeout_seconds=operation_timeout,
             connection_timeout_ms=min(10_000, operation_timeout * 1000),
             listener_name=listener or None,
             logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn),
+            **kwargs,
         )
     except Exception as exc:
         raise ConfigurationError(
@@ -80,11 +86,14 @@ def _make_client(host: str, api_key: str | None, operation_timeout: int,
         ) from exc
 
 
+def _address(service_url: str) -> tuple[str, int]:
+    parts = urllib.parse.urlsplit(service_url.split(",")[0])
+    return parts.hostname or "localhost", parts.port or (6651 if parts.scheme == "pulsar+ssl" else 6650)
+
+
 async def _probe(service_url: str) -> str:
     """What a plain TCP connection to the service address finds (for error messages)."""
-    parts = urllib.parse.urlsplit(service_url.split(",")[0])
-    host = parts.hostname or "localhost"
-    port = parts.port or (6651 if parts.scheme == "pulsar+ssl" else 6650)
+    host, port = _address(service_url)
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 3)
     except ConnectionRefusedError:
@@ -93,6 +102,12 @@ async def _probe(service_url: str) -> str:
         return f"TCP connect to {host}:{port} failed: {exc or type(exc).__name__}"
     writer.close()
     return f"{host}:{port} accepts TCP connections but the Pulsar handshake did not complete"
+
+
+async def _tls_problem(service_url: str, context: ssl.SSLContext) -> TlsRefusal | None:
+    """Whether a certificate is why a TLS connect to the service address fails
+    (the C++ client reports only ``ConnectError`` or ``Timeout``, and logs the rest)."""
+    return await tls_refusal(*_address(service_url), context)
 
 
 #: (service URL, native topic, subscription) -> [consumer type, consumers open]: the

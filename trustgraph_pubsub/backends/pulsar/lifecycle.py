@@ -20,6 +20,8 @@ from ...errors import (
     PubSubError,
     UnsupportedError,
 )
+from ...tls import certificate_failure
+from ...tls_probe import TlsRefusal
 from .config import _qos, _redact
 from .connection import _held_here
 
@@ -49,8 +51,10 @@ class PulsarQueues:
         timeout = self._backend.operation_timeout
 
         def call() -> tuple[int, bytes]:
+            # https: the same authorities, client certificate and name check as the broker
+            context = self._backend._ssl_context() if url.startswith("https://") else None
             try:
-                with urllib.request.urlopen(request, timeout=timeout) as resp:
+                with urllib.request.urlopen(request, timeout=timeout, context=context) as resp:
                     return int(resp.status), bytes(resp.read())
             except urllib.error.HTTPError as exc:
                 return int(exc.code), bytes(exc.read() or b"")
@@ -61,6 +65,9 @@ class PulsarQueues:
             # HTTPException: something answered, but not HTTP (a wrong port, a
             # proxy that cut the connection, a truncated body).
             reason = getattr(exc, "reason", None) or repr(exc)
+            bad_cert = certificate_failure(exc)
+            if bad_cert:
+                reason = TlsRefusal("server", bad_cert).explain("pulsar", "--pulsar-admin-url")
             raise BrokerConnectionError(
                 f"could not reach the Pulsar admin API at {_redact(admin_url)} to {what} "
                 f"({reason}): is --pulsar-admin-url right?"
