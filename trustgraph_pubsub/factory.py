@@ -99,16 +99,7 @@ BACKEND_OPTIONS: dict[str, tuple[Option, ...]] = {
         Option("tls", "RABBITMQ_TLS", False, bool,
                help="connect over TLS (amqps); the port stays --rabbitmq-port, so give the "
                "broker's TLS listener (usually 5671)"),
-        Option("tls_ca_file", "RABBITMQ_TLS_CA_FILE", None,
-               help="PEM file of the authorities that sign the broker's certificate "
-               "(default: the system's)"),
-        Option("tls_cert_file", "RABBITMQ_TLS_CERT_FILE", None,
-               help="PEM client certificate, for brokers that ask for one (with --rabbitmq-tls-key-file)"),
-        Option("tls_key_file", "RABBITMQ_TLS_KEY_FILE", None,
-               help="PEM private key of --rabbitmq-tls-cert-file (unencrypted)"),
-        Option("tls_verify_hostname", "RABBITMQ_TLS_VERIFY_HOSTNAME", True, bool,
-               help="check the broker's certificate names --rabbitmq-host (the certificate "
-               "itself is always verified)"),
+        *tls_options("RABBITMQ", "--rabbitmq-tls"),
     ),
     "mqtt": (
         Option("host", "MQTT_HOST", "localhost", help="MQTT broker host"),
@@ -127,16 +118,7 @@ BACKEND_OPTIONS: dict[str, tuple[Option, ...]] = {
         Option("tls", "MQTT_TLS", False, bool,
                help="connect over TLS; MQTT over TLS usually listens on 8883, so give "
                "--mqtt-port 8883 too"),
-        Option("tls_ca_file", "MQTT_TLS_CA_FILE", None,
-               help="PEM file of the authorities that sign the broker's certificate "
-               "(default: the system's); needs --mqtt-tls"),
-        Option("tls_cert_file", "MQTT_TLS_CERT_FILE", None,
-               help="client certificate (PEM) for mutual TLS, with --mqtt-tls-key-file"),
-        Option("tls_key_file", "MQTT_TLS_KEY_FILE", None,
-               help="private key (PEM) of --mqtt-tls-cert-file"),
-        Option("tls_verify_hostname", "MQTT_TLS_VERIFY_HOSTNAME", True, bool,
-               help="check --mqtt-host against the broker's certificate (the certificate "
-               "itself is always verified)"),
+        *tls_options("MQTT", "--mqtt-tls"),
     ),
     "kafka": (
         Option("bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS", "localhost:9092",
