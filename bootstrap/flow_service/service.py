@@ -39,7 +39,9 @@ stop-flow is two-phase and resumable, like a Kubernetes finalizer:
    ``--release-timeout``, then reported, and the flow stays ``stopping``.
    Where the backend can tell (``Capabilities.queue_lifecycle``), each
    deleted queue is checked again after a moment and deleted again if a
-   straggling consumer re-created it;
+   straggling consumer re-created it, and the sweep (below) keeps checking
+   for two minutes, unless a flow or a start names the queue again (a Kafka
+   consumer still joining when the flow stopped commits seconds later);
 3. the ``flow-stopping`` entry is deleted.  It lives in a reserved
    workspace, so that write is not pushed: a stop costs one push.
 
@@ -55,7 +57,10 @@ killed flow-svc never leaves queues without a flow.  A start or stop that
 fails as ``unavailable`` (the config service or the broker did not answer in
 time) is answered with that error and also settled in the background, with
 backoff from 1 s to 30 s, until it is done: the state converges even if
-nobody asks again.
+nobody asks again.  Every ``--sweep-interval`` (30 s) the service also settles
+each filed start and stop, which catches one filed late: a write a killed
+flow-svc sent can wait in the config service's queue and land after the
+operation was done again.
 
 A start of a flow id whose stop is still in progress is refused
 (``exists``).  At start-up the service settles every start it finds filed
@@ -116,6 +121,8 @@ STARTING_TYPE = "flow-starting"
 
 def stopping_key(ws: str, fid: str) -> str:
     return f"{ws}:{fid}"
+#: how long a stopped flow's deleted queues are watched for a straggler that makes them again
+TOMBSTONE_SECONDS = 120.0
 #: queue operations run at once when a flow starts or stops
 QUEUE_CONCURRENCY = 8
 
@@ -149,6 +156,10 @@ class FlowService(OperationService):
         wait = params.get("release_wait")
         self.release_wait = float(1.0 if wait is None else wait)
         self.release_timeout = float(params.get("release_timeout") or 60.0)
+        self.sweep_interval = float(params.get("sweep_interval") or 30.0)
+        #: queues a stop deleted, watched until the deadline (monotonic) for a
+        #: consumer that was still joining and made them again
+        self._tombstones: dict[Queue, float] = {}
         self.config_timeout = float(params.get("config_timeout") or 10.0)
         self.config: ConfigClient | None = None
         self._locks: dict[tuple[str, ...], asyncio.Lock] = {}
@@ -184,6 +195,11 @@ class FlowService(OperationService):
         parser.add_argument(
             "--config-timeout", type=float, default=env_default("CONFIG_TIMEOUT", 10.0),
             help="seconds to wait for the config service per request (default 10)",
+        )
+        parser.add_argument(
+            "--sweep-interval", type=float, default=env_default("FLOW_SWEEP_INTERVAL", 30.0),
+            help="seconds between sweeps that settle filed starts and stops nobody is "
+            "working on (env FLOW_SWEEP_INTERVAL, default 30)",
         )
 
     async def open_service(self) -> None:
@@ -555,6 +571,9 @@ class FlowService(OperationService):
                     + "; the flow stays 'stopping', stop it again to retry",
                 )
             await backoff.sleep()
+        if self.backend.capabilities.queue_lifecycle:
+            until = time.monotonic() + TOMBSTONE_SECONDS
+            self._tombstones.update((q, until) for q in queues)
         for t in topics:
             try:
                 await self.backend.delete_queue(t, None)
@@ -606,16 +625,59 @@ class FlowService(OperationService):
                                 log.info("resuming the stop of flow %s/%s", ws, fid)
                                 await self._finish_stop(ws, fid, record)
                         else:
-                            await self._ensure_queues(
-                                [(q[0], q[1]) for q in record.get("queues", [])]
-                            )
+                            # Operations run meanwhile: a flow stopped since the list
+                            # was read must not get its queues back.
+                            now = await self._config.get(ws, FLOW, fid)
+                            if now is not None:
+                                await self._ensure_queues(
+                                    [(q[0], q[1]) for q in _record(now).get("queues", [])]
+                                )
                     del todo[(ws, fid, kind)]
                     backoff.reset()
             except (RequestError, PubSubError) as exc:
                 log.warning("start-up recovery: %s; retrying", exc)
                 await backoff.sleep()
         self.recovered.set()
-        await asyncio.Event().wait()  # supervised: stay until the service stops
+        while True:  # supervised: stay until the service stops
+            await asyncio.sleep(self.sweep_interval)
+            await self._sweep()
+
+    async def _sweep(self) -> None:
+        """Settle every filed start and stop in the background.
+
+        A write can be applied late: a request a killed service sent waits in
+        the config service's queue and may land after the operation was done
+        again, filing an intent (or a stop) that nobody is working on.  Each
+        one is settled under its flow's lock, so a start or stop in progress is
+        waited for, not disturbed."""
+        try:
+            for kind in (STARTING_TYPE, STOPPING_TYPE):
+                for key in await self._config.keys(SYSTEM, kind):
+                    ws, _, fid = key.partition(":")
+                    self._settle_later(ws, fid)
+            await self._reap()
+        except (PubSubError, RequestError) as exc:
+            log.warning("sweep: %s; again in %gs", exc, self.sweep_interval)
+
+    async def _reap(self) -> None:
+        """Delete again the queues a stop deleted that a straggling consumer made
+        again since (one still joining when the flow stopped: a Kafka group join
+        takes seconds), unless a flow or a start names them now."""
+        now = time.monotonic()
+        for q, until in list(self._tombstones.items()):
+            if until < now:
+                del self._tombstones[q]
+        if not self._tombstones:
+            return
+        owned = _owned(await self._live_flows() + await self._starting(("", "")), "queues")
+        for q in list(self._tombstones):
+            if q in owned:
+                del self._tombstones[q]
+            elif await self.backend.queue_exists(*q):
+                log.warning("queue %r on %s came back after its flow stopped; deleting it again",
+                            q[1], q[0])
+                with contextlib.suppress(PubSubError):
+                    await self.backend.delete_queue(*q)
 
 
 def _record(text: str) -> dict[str, Any]:

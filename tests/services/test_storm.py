@@ -39,7 +39,7 @@ import pytest
 
 from bootstrap.dev import DEFAULT_INITIALISERS
 from bootstrap.initialisers.queues import CONTROL_QUEUES
-from tests.brokers import Broker
+from tests.brokers import STUCK_GROUP_AFTER_CONCURRENT_LEAVE, Broker
 from tests.services.helpers import chunk_topics
 from tests.services.test_processes import Service, _first_answer, broker_flags
 from trustgraph_pubsub import (
@@ -61,7 +61,7 @@ IDS = [f"s{i}" for i in range(6)]
 INIT_FLAGS = {"queues", "template", "workspace-default", "default-flow"}
 SERVICES: dict[str, list[str]] = {
     "config-svc": ["--concurrency", "4"],  # --config-db added per test
-    "flow-svc": ["--release-wait", "0.5", "--config-timeout", "5"],
+    "flow-svc": ["--release-wait", "0.5", "--config-timeout", "5", "--sweep-interval", "2"],
     "bootstrap": ["-c", str(DEFAULT_INITIALISERS), "--gate-interval", "0.5",
                   "--converge-interval", "0.5", "--service-timeout", "2"],
     "chunker": [],
@@ -157,18 +157,26 @@ class StormBattery:
                         storm.create_task(client(IDS[i::3]))
 
                 state = await _quiet(config, self.quiet)
-                await _check(state, backend, config, flows, "after the storm")
+                wedges = STUCK_GROUP_AFTER_CONCURRENT_LEAVE in broker.quirks
+                # (on such a broker the chunker may never get a storm flow's group back:
+                # its answers are asked for on the last round's fresh flows only)
+                await _check(state, backend, config, flows, "after the storm", IDS, ask=not wedges)
 
                 # The last round, no kills: the control plane still does what it is told.
                 for fid in IDS:
                     if fid in state["flows"]:
                         await _until_done(flows.stop_flow, fid, "not-found")
-                chosen = sorted(rng.sample(IDS, 3))
+                # tansu can wedge a group for good when its members vanish together
+                # (the broker's declared quirk), and the storm kills members at
+                # random: there the last round starts flows of fresh ids.
+                chosen = [f"t{i}" for i in range(3)] if wedges else sorted(rng.sample(IDS, 3))
                 for fid in chosen:
                     await _until_done(lambda w, f: flows.start_flow(w, f, "chunks"), fid, "exists")
                 state = await _quiet(config, self.quiet)
                 assert state["flows"] == {"default", *chosen}, state
-                await _check(state, backend, config, flows, "after the last round")
+                await _check(state, backend, config, flows, "after the last round",
+                             IDS + (chosen if wedges else []),
+                             ask_only=set(chosen) if wedges else None)
         except BaseException:
             print(logs())
             raise
@@ -237,20 +245,30 @@ async def _quiet(config: ConfigClient, still: float = 3.0) -> dict[str, Any]:
 
 
 async def _check(state: dict[str, Any], backend: PubSubBackend, config: ConfigClient,
-                 flows: FlowClient, when: str) -> None:
+                 flows: FlowClient, when: str, ids: list[str], *, ask: bool = True,
+                 ask_only: set[str] | None = None) -> None:
     running = state["flows"]
     assert "default" in running, f"{when}: the bootstrapper's flow is missing: {state}"
     assert state["entries"] == running, f"{when}: processor entries != flows: {state}"
-    assert set(await flows.list_flows(WS)) == running
+    for attempt in range(5):  # a service still busy after the storm may miss one request
+        try:
+            listed = set(await flows.list_flows(WS))
+            break
+        except PubSubTimeoutError:
+            if attempt == 4:
+                raise
+    assert listed == running, f"{when}: list-flows {listed} != the store's {running}"
     for fid in running:
         record = json.loads(await config.get(WS, "flow", fid) or "{}")
         assert record.get("status") == "running", (fid, record)
     if backend.capabilities.queue_lifecycle:
-        for fid in IDS:
+        for fid in ids:
             request_t, _ = chunk_topics(WS, fid)
             exists = await backend.queue_exists(request_t, "chunker")
             assert exists == (fid in running), f"{when}: flow {fid} running={fid in running}, queue {exists}"
-    for fid in sorted(running):
+    for fid in sorted(running) if ask else []:
+        if ask_only is not None and fid not in ask_only:
+            continue
         request_t, response_t = chunk_topics(WS, fid)
         deadline = time.monotonic() + WAIT
         while True:
