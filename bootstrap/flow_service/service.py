@@ -676,8 +676,10 @@ class FlowService(OperationService):
             elif await self.backend.queue_exists(*q):
                 log.warning("queue %r on %s came back after its flow stopped; deleting it again",
                             q[1], q[0])
-                with contextlib.suppress(PubSubError):
+                try:
                     await self.backend.delete_queue(*q)
+                except PubSubError as exc:  # kept in the tombstones: the next sweep tries again
+                    log.warning("could not delete queue %r on %s again: %s", q[1], q[0], exc)
 
 
 def _record(text: str) -> dict[str, Any]:
