@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import json
 import logging
@@ -216,7 +217,7 @@ class Bootstrapper(AsyncProcessor):
         self._wake.set()
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping:  # (a lost cancellation ends it too)
             self._wake.clear()
             began = time.monotonic()
             self.state = await self.wake()
@@ -225,14 +226,14 @@ class Bootstrapper(AsyncProcessor):
             )
             log.info("wake %d: %s in %.1fs; next in %gs", self.wakes, self.state,
                      time.monotonic() - began, interval)
-            try:
-                await asyncio.wait_for(self._wake.wait(), interval)
-            except TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._wake.wait()
 
     async def _read_flags(self, config: ConfigClient, timeout: float) -> dict[str, str] | None:  # noqa: ASYNC109
         try:
-            values = await asyncio.wait_for(config.values(SYSTEM, INIT_STATE), timeout)
+            async with asyncio.timeout(timeout):
+                values = await config.values(SYSTEM, INIT_STATE)
         except (PubSubError, TimeoutError):
             return None
         out: dict[str, str] = {}

@@ -309,7 +309,8 @@ async def _watch(backend: PubSubBackend, flags: dict[str, str], clock: _Clock,
                 clock.say(f"not converged within {args.get('timeout')}s; see the logs")
                 return 1
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.5)
+                async with asyncio.timeout(0.5):
+                    await stop.wait()
         if stop.is_set():
             return 0
         clock.say("converged")
@@ -323,7 +324,8 @@ async def _watch(backend: PubSubBackend, flags: dict[str, str], clock: _Clock,
     while not stop.is_set():
         _check_children(children)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 1.0)
+            async with asyncio.timeout(1.0):
+                await stop.wait()
     return 0
 
 

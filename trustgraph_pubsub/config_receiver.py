@@ -174,9 +174,8 @@ class ConfigReceiver(Lifecycle):
                 next_full = time.monotonic() + self.resync_interval
                 self.ready.set()
             try:
-                push = await asyncio.wait_for(
-                    self._pushes.get(), max(0.0, next_full - time.monotonic())
-                )
+                async with asyncio.timeout(max(0.0, next_full - time.monotonic())):
+                    push = await self._pushes.get()
             except TimeoutError:
                 log.debug("no full config fetch for %ss: resyncing", self.resync_interval)
                 need_full = True

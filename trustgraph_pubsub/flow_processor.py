@@ -249,7 +249,7 @@ class FlowProcessor(AsyncProcessor):
 
     async def _reconcile_loop(self) -> None:
         backoff = Backoff(base=1.0, cap=60.0)
-        while True:
+        while not self._stopping:  # (a lost cancellation ends it too)
             await self._wake.wait()
             self._wake.clear()
             if await self.reconcile():
@@ -257,7 +257,8 @@ class FlowProcessor(AsyncProcessor):
                 continue
             # Some flow failed to start: try again later, or sooner on a change.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), backoff.next_delay())
+                async with asyncio.timeout(backoff.next_delay()):
+                    await self._wake.wait()
             self._wake.set()
 
     async def reconcile(self) -> bool:

@@ -24,7 +24,9 @@ Supervision: ``supervise(name, factory)`` runs ``await factory()`` in a task.
 If it raises, or returns while the processor is still running, the failure is
 logged and the factory runs again after a jittered backoff (the project's one
 ``Backoff``), reset once a run has lasted ``HEALTHY_AFTER`` seconds: a
-consumer loop that dies is restarted, never silently dropped.
+consumer loop that dies is restarted, never silently dropped.  ``stop``
+cancels supervised tasks and cancels again, every ``RECANCEL_AFTER`` seconds,
+any that lost the cancellation and ran on, so a stop always ends.
 
 ``launch(ident, doc)`` is a console script's whole ``main``: parse argv (the
 environment as fallback), configure logging, run the processor on a fresh
@@ -77,6 +79,30 @@ def _positive_int(flag: str, value: Any) -> int:
     if n < 1:
         raise ConfigurationError(f"{flag} must be at least 1, got {n}")
     return n
+
+
+#: how long ``stop`` waits for cancelled tasks before cancelling them again.
+RECANCEL_AFTER = 10.0
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]], ident: str) -> None:
+    """Cancel ``tasks`` and wait until all have ended, cancelling again as needed.
+
+    A cancellation can be lost: Python 3.11's ``asyncio.wait_for`` returns the
+    inner result, swallowing the ``CancelledError``, when the inner awaitable
+    finishes in the same loop iteration (a library may still use it), and a
+    handler may catch ``CancelledError`` by mistake.  A supervised loop that
+    lost its cancellation runs on and a single cancel-and-wait never returns,
+    so a still-running task is cancelled again every ``RECANCEL_AFTER`` seconds.
+    """
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for t in pending:
+            t.cancel()
+        _, pending = await asyncio.wait(pending, timeout=RECANCEL_AFTER)
+        for t in pending:
+            log.warning("%r: task %s ignored its cancellation; cancelling it again",
+                        ident, t.get_name())
 
 
 class AsyncProcessor(Lifecycle):
@@ -206,11 +232,7 @@ class AsyncProcessor(Lifecycle):
                     await self.on_stop()
                 except Exception:
                     log.exception("%s %r: error while stopping", type(self).__name__, self.id)
-            tasks = list(self._tasks.values())
-            for t in tasks:
-                t.cancel()
-            if tasks:
-                await asyncio.wait(tasks)
+            await _cancel_all(list(self._tasks.values()), self.id)
             self._tasks.clear()
             if self._metrics_server is not None:
                 server = self._metrics_server[0] if isinstance(self._metrics_server, tuple) \

@@ -53,8 +53,8 @@ async def tls_refusal(host: str, port: int, context: ssl.SSLContext,
                       timeout: float = 3.0) -> TlsRefusal | None:  # noqa: ASYNC109
     """One handshake with ``host:port``: the certificate failure, if that is what fails."""
     try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, ssl=context), timeout)
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port, ssl=context)
     except Exception as exc:
         reason = certificate_failure(exc)
         if reason:
@@ -64,7 +64,9 @@ async def tls_refusal(host: str, port: int, context: ssl.SSLContext,
         # A broker says nothing unprompted and waits for a request: silence means
         # the handshake stood; an alert, or the connection closed at once, that the
         # broker did not accept our certificate (or the lack of one).
-        if await asyncio.wait_for(reader.read(1), min(timeout, 1.0)) == b"":
+        async with asyncio.timeout(min(timeout, 1.0)):
+            first = await reader.read(1)
+        if first == b"":
             return TlsRefusal("client", "it closed the connection just after the handshake")
     except (ssl.SSLError, ConnectionError) as exc:
         return _client_refused(exc) or TlsRefusal("client", _reason(exc))

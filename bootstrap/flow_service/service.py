@@ -638,7 +638,7 @@ class FlowService(OperationService):
                 log.warning("start-up recovery: %s; retrying", exc)
                 await backoff.sleep()
         self.recovered.set()
-        while True:  # supervised: stay until the service stops
+        while not self._stopping:  # supervised: stay until the service stops
             await asyncio.sleep(self.sweep_interval)
             await self._sweep()
 

@@ -265,6 +265,48 @@ async def test_ten_thousand_q1_messages_over_tls(tls_broker: TLSBroker, ssl_coun
     assert ssl_counts.want_write > 0, "no SSL write was ever refused: the test pushed too little"
 
 
+async def test_a_first_read_that_wants_a_write_while_connect_waits_in_paho(
+    tls_broker: TLSBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first write of a link (CONNECT, in the executor) wants a read, so paho
+    keeps it queued; the first read (the broker's TLS 1.3 session tickets) wants a
+    write.  The link and the wire then both wanted the socket's one writer slot,
+    and the CONNECT was never sent: no CONNACK (a flaky CI failure, made certain)."""
+    send, recv = ssl.SSLSocket.send, ssl.SSLSocket.recv
+    first = {"send": True, "recv": True}
+
+    def wanting_send(self: ssl.SSLSocket, data: Any, flags: int = 0) -> int:
+        if first["send"]:
+            first["send"] = False
+            raise ssl.SSLWantReadError("made up")
+        return send(self, data, flags)
+
+    def wanting_recv(self: ssl.SSLSocket, size: int = 1024, flags: int = 0) -> bytes:
+        if first["recv"]:
+            first["recv"] = False
+            raise ssl.SSLWantWriteError("made up")
+        return recv(self, size, flags)
+
+    for attempt in range(5):
+        first.update(send=True, recv=True)
+        monkeypatch.setattr(ssl.SSLSocket, "send", wanting_send)
+        monkeypatch.setattr(ssl.SSLSocket, "recv", wanting_recv)
+        backend = get_pubsub(**tls_broker.config(mqtt_connect_timeout=5.0))
+        try:
+            name = fresh("first")
+            c = await backend.create_consumer(name, "s", None)
+            monkeypatch.undo()
+            p = await backend.create_producer(name, None)
+            await p.send(b"after a wanting start %d" % attempt)
+            m = await c.receive(timeout=10)
+            assert m.data() == b"after a wanting start %d" % attempt
+            await c.acknowledge(m)
+            assert not first["send"] and not first["recv"], first
+        finally:
+            monkeypatch.undo()
+            await backend.close()
+
+
 async def test_reads_that_want_writes_and_writes_that_want_reads(
     tls_broker: TLSBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:

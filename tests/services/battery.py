@@ -137,11 +137,8 @@ class ControlPlane:
                 # of each other can wedge it on this broker for good (the quirk).
                 await asyncio.sleep(1.2)
             previous = type(proc)
-            # Bounded, and in a task of its own: awaited directly from this
-            # teardown, Bootstrapper.stop on Pulsar was seen to hang (not yet
-            # diagnosed; through wait_for it completes in well under a second).
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(proc.stop(), 60)
+                await proc.stop()
         for b in backends:
             with contextlib.suppress(Exception):
                 await b.close()

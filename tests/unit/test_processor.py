@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -98,6 +99,51 @@ async def test_a_supervised_task_that_dies_is_restarted() -> None:
         proc.supervise("flaky", flaky)
         await asyncio.wait_for(again.wait(), 10)
     assert runs == 3
+
+
+async def test_stop_ends_a_task_that_swallowed_its_cancellation(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What Python 3.11's ``wait_for`` does when its inner awaitable finishes as the
+    task is cancelled: the ``CancelledError`` is lost and the loop runs on.
+    ``stop`` cancels it again instead of waiting for ever."""
+    monkeypatch.setattr("trustgraph_pubsub.processor.RECANCEL_AFTER", 0.2)
+    proc = Recorder(backend=MemoryBackend(hub=MemoryHub()))
+    swallowed = 0
+    running = asyncio.Event()
+
+    async def deaf() -> None:
+        nonlocal swallowed
+        while True:
+            running.set()
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if swallowed:
+                    raise
+                swallowed += 1  # lost, as wait_for loses it
+
+    await proc.start()
+    task = proc.supervise("deaf", deaf)
+    await running.wait()
+    async with asyncio.timeout(10):
+        await proc.stop()
+    assert swallowed == 1 and task.done()
+    assert "ignored its cancellation" in caplog.text
+
+
+def test_no_wait_for_in_the_package_or_the_services() -> None:
+    """``asyncio.wait_for`` on 3.11 can lose a cancellation (see above): a stop
+    then hangs.  ``asyncio.timeout`` does not; the SDK and services use only it."""
+    root = Path(__file__).resolve().parents[2]
+    found = [
+        f"{path.relative_to(root)}:{n}"
+        for folder in ("trustgraph_pubsub", "trustgraph_schema", "bootstrap")
+        for path in sorted((root / folder).rglob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if "asyncio.wait_for(" in line
+    ]
+    assert not found, f"asyncio.wait_for used (use asyncio.timeout): {found}"
 
 
 async def test_metrics_are_served_on_the_metrics_port() -> None:

@@ -284,21 +284,37 @@ class _Link:
 
     def _writable(self) -> None:
         c = self._client
+        wired = self.wire is not None and self._client._sock is self.wire
+        if wired:
+            self._writing = False
         try:
             c.loop_write()
         except Exception as exc:
             log.exception("MQTT client %r: error while writing; dropping the connection", self.client_id)
             self.broken(exc)
             return
-        if self._sock is not None and self._writing and not c.want_write():
+        if not wired and self._sock is not None and self._writing and not c.want_write():
             self.loop.remove_writer(self._sock)
             self._writing = False
 
     def kick(self) -> None:
-        """Watch for writability while paho holds bytes it could not write (no wire)."""
-        if self._sock is not None and not self._writing and self._client.want_write():
+        """Get packets paho queued (inside a callback, or before ``_attach``) written.
+
+        With a wire, ``loop_write`` only hands them to it (the wire takes all),
+        so it runs on the next iteration; the socket's writer slot is the
+        wire's alone.  The loop keeps one writer callback per file descriptor:
+        a second ``add_writer`` here would replace the wire's, and when this
+        one then removed itself the wire's buffer would wait for ever (seen as
+        a CONNECT never sent, so no CONNACK).  Without a wire, watch for
+        writability while paho holds bytes it could not write.
+        """
+        if self._sock is None or self._writing or not self._client.want_write():
+            return
+        self._writing = True
+        if self.wire is not None and self._client._sock is self.wire:
+            self.loop.call_soon(self._writable)
+        else:
             self.loop.add_writer(self._sock, self._writable)
-            self._writing = True
 
     def _tick(self) -> None:
         self._misc = None

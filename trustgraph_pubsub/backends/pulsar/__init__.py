@@ -439,7 +439,8 @@ class PulsarBackend:
             client, self._client = self._client, None
         if client is not None:
             try:
-                await asyncio.wait_for(client.close(), self.operation_timeout + 5)
+                async with asyncio.timeout(self.operation_timeout + 5):
+                    await client.close()
             except Exception as exc:
                 log.debug("closing the Pulsar client: %r", exc)
 

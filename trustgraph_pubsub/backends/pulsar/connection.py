@@ -95,7 +95,8 @@ async def _probe(service_url: str) -> str:
     """What a plain TCP connection to the service address finds (for error messages)."""
     host, port = _address(service_url)
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 3)
+        async with asyncio.timeout(3):
+            _, writer = await asyncio.open_connection(host, port)
     except ConnectionRefusedError:
         return f"connection to {host}:{port} refused"
     except (TimeoutError, OSError) as exc:

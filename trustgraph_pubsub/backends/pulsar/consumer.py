@@ -280,7 +280,8 @@ class PulsarConsumer:
             )
         )
         try:
-            await asyncio.wait_for(fut, self._backend.operation_timeout + 5)
+            async with asyncio.timeout(self._backend.operation_timeout + 5):
+                await fut
         except TimeoutError as exc:
             raise ConnectionLostError(
                 f"Pulsar did not confirm unsubscribing {self.subscription!r} from {self.topic} "
@@ -309,7 +310,8 @@ class PulsarConsumer:
                 return
         self._end(ClosedError(f"consumer on {self.topic} is closed"))
         try:
-            await asyncio.wait_for(self._consumer.close(), self._backend.operation_timeout + 5)
+            async with asyncio.timeout(self._backend.operation_timeout + 5):
+                await self._consumer.close()
         except Exception as exc:
             log.debug("closing consumer on %s: %r", self.topic, exc)
 

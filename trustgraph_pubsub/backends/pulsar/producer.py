@@ -235,7 +235,8 @@ class PulsarProducer:
                 return
             gate = self._quiet = self._loop.create_future()
             try:
-                await asyncio.wait_for(asyncio.shield(answered), self._flush_bound())
+                async with asyncio.timeout(self._flush_bound()):
+                    await asyncio.shield(answered)
                 # The client's thread still drops its reference to the callback
                 # (which takes the GIL too): let it, before anyone calls in.
                 await asyncio.sleep(_RELEASE_PAUSE)
@@ -350,7 +351,8 @@ class PulsarProducer:
         self._raw.flush_async(lambda result: cb.call(_resolve, fut, result))
         bound = self._flush_bound()
         try:
-            result = await asyncio.wait_for(fut, bound)
+            async with asyncio.timeout(bound):
+                result = await fut
         except TimeoutError:
             # Every message the flush covers has outlived its send timeout,
             # yet the client never answered: count them as not confirmed
@@ -399,7 +401,8 @@ class PulsarProducer:
             self._watch_timer = None
         self._backend._producers.discard(self)
         try:
-            await asyncio.wait_for(self._producer.close(), self._backend.operation_timeout + 5)
+            async with asyncio.timeout(self._backend.operation_timeout + 5):
+                await self._producer.close()
         except Exception as exc:
             log.debug("closing producer for %s: %r", self.topic, exc)
         if flush_error is not None:
