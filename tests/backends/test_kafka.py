@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import errors as kerr
 
 from tests.brokers import NO_IDEMPOTENT_PRODUCER, Broker
 from trustgraph_pubsub import (
@@ -185,6 +186,35 @@ class TestKafkaBackend:
         assert first.value().n == 1
 
     # -- joining ---------------------------------------------------------------
+
+    async def test_a_settle_that_fails_after_assignment_is_tried_again(
+        self, backend: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Where a partition starts is settled (and committed) after assignment; a
+        failure there (seen in the storm: the topic deleted and made again under a
+        live member) is retried, not left until the join timeout."""
+        position = AIOKafkaConsumer.position
+        failures = {"left": 2}
+
+        async def failing(self: Any, tp: Any) -> int:
+            if failures["left"] > 0:
+                failures["left"] -= 1
+                raise kerr.UnknownTopicOrPartitionError("made up")
+            return await position(self, tp)
+
+        name = fresh("settle")
+        await backend.create_queue(name, "grp")
+        p = await backend.create_producer(name, Item)
+        monkeypatch.setattr(AIOKafkaConsumer, "position", failing)
+        c = await backend.create_consumer(name, "other", Item)
+        monkeypatch.undo()
+        assert failures["left"] == 0
+        assert "settling positions of" in caplog.text
+        assert await backend.queue_exists(name, "other")
+        await p.send(Item(7))
+        await p.flush()
+        assert (await c.receive(timeout=30)).value().n == 7
+        await c.close()
 
     async def test_latest_consumer_gets_what_is_sent_after_it_returns(self, backend: Any) -> None:
         name = fresh("latest")

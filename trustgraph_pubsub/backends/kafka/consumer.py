@@ -5,6 +5,10 @@ itself every partition), tracks per partition what it delivered and what was
 acknowledged (``_Partition``), commits the acknowledged prefix in the
 background and on rebalance (``_Listener``), and replays nacked offsets by
 seeking back.  The package docstring describes the model.
+
+A little over 500 lines: joining, the rebalance callbacks, receiving and
+acknowledging all work on the same per-partition state; split apart, each
+piece would reach into the others' private fields.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 
 from ...backend import BaseMessage, InitialPosition, Message, iterate_messages
 from ...errors import ClosedError, PubSubError, PubSubTimeoutError
+from ...retry import Backoff, retry
 from .config import (
     _OVERHEAD,
     COMMIT_EVERY,
@@ -34,7 +39,7 @@ from .config import (
     consumer_request_timeout_ms,
 )
 from .connection import _settle_at_end
-from .errors import _lost
+from .errors import _REBALANCED, _lost, _Superseded
 
 if TYPE_CHECKING:
     from . import KafkaBackend
@@ -282,37 +287,62 @@ class KafkaConsumer:
             self._buffer = deque(item for item in self._buffer if item[0] not in gone)
 
     async def _on_assigned(self, assigned: set[Any]) -> None:
+        """Settle where each newly assigned partition starts; then the consumer is ready.
+
+        A failed settle (the topic deleted and made again under a live member)
+        is tried again for up to ``--kafka-join-timeout``: given up, nothing is
+        committed (no subscription for ``queue_exists``) and a fresh partition's
+        start is left to the client's reset.  A newer rebalance ends the tries.
+        """
         for tp in assigned:
             self._parts[tp] = _Partition(tp)
-        client = self._client
+        b = self._backend
+
+        async def attempt() -> None:
+            if self._closing or self._closed:
+                raise _Superseded("closing")
+            try:
+                async with asyncio.timeout(b.connect_timeout):
+                    await self._settle_assigned(sorted(assigned))
+            except _REBALANCED as exc:
+                raise _Superseded(f"{type(exc).__name__}: {exc}") from exc
+
         try:
-            async with asyncio.timeout(self._backend.connect_timeout):
-                tps = sorted(assigned)
-                committed = await asyncio.gather(*(client.committed(tp) for tp in tps))
-                missing = [tp for tp, off in zip(tps, committed, strict=True) if off is None]
-                if missing and self._ready.is_set() and not self._ephemeral:
-                    # Partitions this subscription has never seen: everything
-                    # in them was written after it existed.  (An ephemeral one
-                    # never commits, so every partition looks unseen: it starts
-                    # at its initial position instead.)
-                    await client.seek_to_beginning(*missing)
-                if missing:
-                    # ``position`` resolves the start now, so a message sent after
-                    # create_consumer returns is not skipped by a later reset.
-                    offsets = {tp: await client.position(tp) for tp in missing}
-                    if not self._ephemeral:
-                        await client.commit(offsets)
-                    for tp, off in offsets.items():
-                        self._parts[tp].committed = off
-                    if not self._ready.is_set() and self._initial_position == "latest":
-                        self._settle = missing
-        except (kerr.KafkaError, TimeoutError) as exc:
+            await retry(
+                attempt,
+                retry_on=(kerr.KafkaError, TimeoutError),
+                deadline=b.join_timeout,
+                backoff=Backoff(base=0.5, cap=5.0),
+                what=f"settling positions of {self.topic} ({self.subscription}) after assignment",
+            )
+        except (kerr.KafkaError, TimeoutError, _Superseded) as exc:
             log.warning(
                 "consumer of %s (%s): could not settle positions after assignment: %s: %s",
                 self.topic, self.subscription, type(exc).__name__, exc,
             )
             return
         self._ready.set()
+
+    async def _settle_assigned(self, tps: list[Any]) -> None:
+        client = self._client
+        committed = await asyncio.gather(*(client.committed(tp) for tp in tps))
+        missing = [tp for tp, off in zip(tps, committed, strict=True) if off is None]
+        if missing and self._ready.is_set() and not self._ephemeral:
+            # Partitions this subscription has never seen: everything
+            # in them was written after it existed.  (An ephemeral one
+            # never commits, so every partition looks unseen: it starts
+            # at its initial position instead.)
+            await client.seek_to_beginning(*missing)
+        if missing:
+            # ``position`` resolves the start now, so a message sent after
+            # create_consumer returns is not skipped by a later reset.
+            offsets = {tp: await client.position(tp) for tp in missing}
+            if not self._ephemeral:
+                await client.commit(offsets)
+            for tp, off in offsets.items():
+                self._parts[tp].committed = off
+            if not self._ready.is_set() and self._initial_position == "latest":
+                self._settle = missing
 
     # -- commits -------------------------------------------------------------
 

@@ -108,3 +108,14 @@ def _code_error(
     ):
         return AuthenticationError(f"{what}: not authorised by the broker ({detail})")
     return PubSubError(f"{what}: the broker answered {detail}")
+
+
+class _Superseded(Exception):
+    """A settle that cannot succeed in this generation (the group rebalanced, or the consumer closes)."""
+
+
+#: the group moved on: the member's assignment is stale and a new one is coming.
+_REBALANCED = (
+    kerr.CommitFailedError, kerr.RebalanceInProgressError,
+    kerr.IllegalGenerationError, kerr.UnknownMemberIdError,
+)
