@@ -118,7 +118,7 @@ class _Children:
                 p.send_signal(signal.SIGTERM)
         codes = {}
         for name, p in reversed(list(self.procs.items())):
-            terminate(p, grace=15.0)
+            terminate(p, grace=15.0, signalled=True)  # SIGTERMed above: at most SIGKILL now
             codes[name] = p.returncode
         return codes
 

@@ -63,11 +63,14 @@ def child_preexec() -> None:
             libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def terminate(proc: subprocess.Popen[Any], grace: float = 10.0) -> None:
-    """SIGTERM, wait ``grace`` seconds, then SIGKILL."""
+def terminate(proc: subprocess.Popen[Any], grace: float = 10.0, *, signalled: bool = False) -> None:
+    """SIGTERM (unless the caller ``signalled`` it already), wait ``grace`` seconds,
+    then SIGKILL.  Never a second SIGTERM: a service takes that as "stop at once"
+    and exits 1 without draining (or, once its loop is gone, dies of it)."""
     if proc.poll() is not None:
         return
-    proc.send_signal(signal.SIGTERM)
+    if not signalled:
+        proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(grace)
     except subprocess.TimeoutExpired:
