@@ -514,7 +514,7 @@ async def test_a_handler_raising_cancelled_error_is_a_failure_not_a_dead_worker(
 async def test_own_cancelled_error_with_concurrency_is_a_failure_too(
     mb: MemoryBackend, metrics: Metrics
 ) -> None:
-    """The same with several workers, where the handler runs under ``_Watch``."""
+    """The same with several workers, where the rest of the handler runs under ``_Rest``."""
     t = fresh()
     attempts: Counter[int] = Counter()
     done: list[int] = []

@@ -56,7 +56,7 @@ only after the previous handler has started; ``Subscriber`` relies on it.
 
 The package: ``loop.py`` has ``Consumer`` itself (its settings, ``start`` and
 ``stop``, the worker loop, reconnects); ``turns.py`` the two small pieces the
-workers take turns with (``_Watch``, ``_Worker``); ``dead_letter.py`` what
+workers take turns with (``_Rest``, ``_Worker``); ``dead_letter.py`` what
 becomes of a message that fails (nack, or dead-letter), a mixin of
 ``Consumer``, so that the loop calls it as its own methods.
 """

@@ -4,7 +4,8 @@ The behaviour, and how the workers take turns at the backend consumer so that
 a message costs no task of its own, are described in the package docstring
 (``trustgraph_pubsub.consumer``).  The hot path is ``_work``: every message
 goes through it inline, so keep calls and lookups per message out of it
-(``_Watch`` wraps a handler only with ``concurrency > 1``).
+(with ``concurrency > 1`` the worker runs a handler's first step itself and
+wraps the rest in ``_Rest`` only if it suspends).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from ..metrics import Metrics, default_metrics
 from ..producer import Producer
 from ..retry import Backoff, retry
 from .dead_letter import _DeadLettering
-from .turns import _Watch, _Worker
+from .turns import _Rest, _Worker
 
 #: the package's logger, ``trustgraph_pubsub.consumer``: one name for the consumer's records
 log = logging.getLogger(__package__)
@@ -328,7 +329,14 @@ class Consumer(Lifecycle, _DeadLettering):
                         if not handoff:
                             await pending
                         elif type(pending) is CoroutineType:
-                            await _Watch(pending, self._suspended)
+                            # Its first step here; the turn passes on only if it waits.
+                            try:
+                                signal = pending.send(None)
+                            except StopIteration:
+                                pass
+                            else:
+                                self._suspended()
+                                await _Rest(pending, signal)
                         else:
                             if not self._nudge_pending:
                                 self._nudge_pending = True

@@ -1,40 +1,40 @@
 """The two pieces a consumer's workers take turns with.
 
-``_Watch`` awaits a handler's coroutine and says when it first suspends (that
-is when the turn to receive passes on); ``_Worker`` is one worker task and
-whether it is in a handler.  How the turn moves is in ``loop.py``
+``_Rest`` awaits what is left of a handler's coroutine once its first step
+has suspended (that is when the turn to receive passes on); ``_Worker`` is one
+worker task and whether it is in a handler.  How the turn moves is in ``loop.py``
 (``Consumer._work``, ``_suspended``, ``_pass_turn``) and the package docstring.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Coroutine, Generator
 from typing import Any
 
 
-class _Watch:
-    """Await a handler's coroutine; call ``on_suspend`` the first time it suspends.
+class _Rest:
+    """Await the rest of a handler's coroutine, which has run to its first suspension.
 
-    This is ``await coro`` (the same values pass between the coroutine and the
-    task in both directions) with one hook: the turn passes to another worker
-    exactly when the handler first waits, so a handler that finishes without
-    waiting costs neither a task switch nor a scheduled callback.
+    The worker runs a handler's first step itself (``coro.send(None)``); most
+    handlers finish there, and then there is nothing to wrap, no object and
+    no generator per message (measured: 0.3 us a message against 1.0 us for
+    a wrapper that also ran the first step).  When the first step suspends,
+    the turn passes on and the worker awaits this: ``await coro`` from the
+    point it suspended at, with ``signal`` (what the coroutine yielded) handed
+    to the task first.  The same values pass between the coroutine and the
+    task in both directions as under a plain ``await``.
     """
 
-    __slots__ = ("coro", "on_suspend")
+    __slots__ = ("coro", "signal")
 
-    def __init__(self, coro: Coroutine[Any, Any, Any], on_suspend: Callable[[], None]) -> None:
+    def __init__(self, coro: Coroutine[Any, Any, Any], signal: Any) -> None:
         self.coro = coro
-        self.on_suspend = on_suspend
+        self.signal = signal
 
     def __await__(self) -> Generator[Any, Any, Any]:
-        coro = self.coro
-        try:
-            signal = coro.send(None)
-        except StopIteration as done:
-            return done.value
-        self.on_suspend()
+        coro, signal = self.coro, self.signal
+        self.signal = None
         while True:
             thrown: BaseException | None = None
             value: Any = None

@@ -27,6 +27,13 @@ log = logging.getLogger(__name__)
 _monotonic = time.monotonic
 
 
+def _ignore(result: Any) -> None:
+    """The ack callback.  A Python function, not ``None``: with ``None`` the
+    client's binding pays about 0.9 us more per ack (1.3 us against 2.2 us
+    measured on pulsar-client 3.13), and a callback it runs inline costs
+    nothing else."""
+
+
 class _PulsarMessage(BaseMessage):
     """A received message whose properties are read from the client only when asked for
     (most handlers never look, and building the dict costs on every message)."""
@@ -227,10 +234,10 @@ class PulsarConsumer:
         """Acknowledge this message only; the client sends acks grouped, in the background."""
         if self._closed or self._error is not None:
             self._check()
-        # No callback: a failed ack only means a redelivery (at-least-once), and a
-        # Python callback per ack costs a GIL hand-over per message.
+        # The result is not needed: a failed ack only means a redelivery
+        # (at-least-once).  Grouped acks call back inline, on this thread.
         try:
-            self._raw.acknowledge_async(message.handle, None)
+            self._raw.acknowledge_async(message.handle, _ignore)
         except (AttributeError, TypeError):
             self._handle(message)  # raises the TypeError that names the problem
             raise
