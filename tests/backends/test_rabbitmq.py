@@ -169,6 +169,27 @@ async def test_latency_bound_sends_leave_nothing_queued(backend: RabbitMQBackend
     assert sorted(m.value().n for m in got) == [1, 2]
 
 
+async def test_a_burst_of_latency_bound_sends_is_written_once_per_iteration(
+    backend: RabbitMQBackend, names: Names
+) -> None:
+    """The first latency-bound send of a loop iteration is written at once; the
+    rest of the burst waits for pika's next write, joined into one (a push per
+    send cost a system call and two epoll changes per message)."""
+    name = names.topic("burst", "q0")
+    c = await backend.create_consumer(name, "s", Item)
+    eager = await backend.create_producer(name, Item, latency_bound=True)
+    tx = backend._conn._transport._tx_buffers
+    await asyncio.sleep(0)  # a fresh iteration
+    await eager.send(Item(1))
+    assert not tx, "the first send of an iteration is on the wire"
+    for i in range(2, 12):
+        await eager.send(Item(i))  # never suspends: the same iteration
+    assert tx, "later sends of the same iteration wait for the next write"
+    got = await drain(c, 11)
+    assert sorted(m.value().n for m in got) == list(range(1, 12))
+    assert not tx
+
+
 async def test_topology_is_quorum_for_q1_and_classic_for_q0(
     backend: RabbitMQBackend, names: Names
 ) -> None:

@@ -101,9 +101,10 @@ verify fails the connect with ``BrokerConnectionError`` saying why.  Credentials
 stay ``PlainCredentials`` inside the TLS stream.
 
 Options understood: ``prefetch`` on consumers (``basic.qos``; default
-``DEFAULT_PREFETCH``); ``latency_bound`` on producers writes each message to
+``DEFAULT_PREFETCH``); ``latency_bound`` on producers writes a message to
 the socket at once (pika does not batch, but it writes only on the next loop
-iteration, and throughput-bound producers are better served by that).  A lost connection fails pending calls with
+iteration, and throughput-bound producers are better served by that); once
+per loop iteration, so a burst of them goes out in one write on the next.  A lost connection fails pending calls with
 ``ConnectionLostError`` at once; ``create_*`` reconnects.
 
 Per-message costs (measured against raw pika in ``benchmarks/rabbitmq_bench``):
@@ -263,8 +264,9 @@ class RabbitMQBackend(_QueueLifecycle):
     async def create_producer(
         self, topic: str, schema: type[Any] | None, **opts: Any
     ) -> RabbitMQProducer:
-        """A producer.  ``latency_bound=True`` (requests, replies, pushes) writes each
-        message to the socket at once instead of at the next loop iteration."""
+        """A producer.  ``latency_bound=True`` (requests, replies, pushes) writes the
+        first message of a loop iteration to the socket at once instead of at the
+        next iteration (``_BackendConnection._push``)."""
         self._check()
         parsed = naming.parse(topic)
         producer = RabbitMQProducer(self, parsed, schema, bool(opts.get("latency_bound")))

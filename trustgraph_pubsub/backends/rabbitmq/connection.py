@@ -150,6 +150,8 @@ class _BackendConnection:
         self._conn: Any = None
         self._conn_closed: asyncio.Future[None] | None = None
         self._flush_now: Callable[[], None] | None = None
+        #: ``_push`` wrote this loop iteration already
+        self._pushed = False
         self._lock: asyncio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._orphans: set[RabbitMQProducer] = set()
@@ -293,10 +295,26 @@ class _BackendConnection:
         return _translate_error(exc, what, self.username, self._where)
 
     def _push(self) -> None:
-        """Send what pika has queued now rather than at the next loop iteration."""
+        """Send what pika has queued now rather than at the next loop iteration.
+
+        At most once per loop iteration: a burst of latency-bound sends (200
+        concurrent requests, a responder answering a batch) would otherwise
+        pay one ``send()`` and two ``epoll_ctl`` calls per message.  The first
+        send of an iteration goes at once; what later ones queue in the same
+        iteration is written by pika on the next, joined into one write
+        (``_coalesce_writes``).  Measured on 200 concurrent round trips:
+        p50 56 ms with a push per send, against 37-46 ms for raw pika.
+        """
+        if self._pushed:
+            return
         flush = self._flush_now
         if flush is not None and self._conn is not None:
             flush()
+            self._pushed = True
+            asyncio.get_running_loop().call_soon(self._unpush)
+
+    def _unpush(self) -> None:
+        self._pushed = False
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
