@@ -69,7 +69,9 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
                 }
                 await cleanup(backend, t)
         elif workload == "rr":
-            for label, n, conc in (("sequential", spec["n"], 1), ("concurrent", spec["concurrent"], spec["concurrent"])):
+            burst = spec["concurrent"]
+            for label, n, conc in (("sequential", spec["n"], 1),
+                                   ("concurrent", burst * spec.get("bursts", 1), burst)):
                 req, resp = fresh("req"), fresh("resp")
                 gc.collect()
                 out[label] = await contender.rr(req, resp, n, conc)
