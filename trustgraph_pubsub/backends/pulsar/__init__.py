@@ -21,8 +21,9 @@ Choices where the contract leaves room, with why:
   - a send first takes a slot in the window (``window`` messages,
     ``window_bytes``), awaiting the client's flush when it is full, so the
     client's queue never overflows (it would refuse the excess);
-  - a message larger than any the broker has confirmed is a *probe*, sent
-    with a callback: the client refuses one above the broker's own limit
+  - a message larger than any the broker has confirmed (and, with batching,
+    larger than a batch) is a *probe*, sent with a callback: the client
+    refuses one above the broker's own limit
     (``MessageTooBig``, when ``--pulsar-max-message-size`` exceeds it), which
     that send raises as ``MessageTooLargeError``;
   - while messages are unconfirmed, one background flush is attached to the
