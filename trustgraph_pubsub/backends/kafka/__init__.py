@@ -131,6 +131,7 @@ from ...errors import ConfigurationError, UnsupportedError
 from ...redact import shown
 from ...tls import client_context
 from .config import (
+    BATCH_BYTES,
     CLIENT_ID,
     COMMIT_EVERY,
     COMMIT_INTERVAL,
@@ -149,6 +150,7 @@ from .lifecycle import KafkaLifecycle
 from .producer import KafkaProducer
 
 __all__ = [
+    "BATCH_BYTES",
     "CLIENT_ID",
     "COMMIT_EVERY",
     "COMMIT_INTERVAL",

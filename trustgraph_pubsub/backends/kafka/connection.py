@@ -39,7 +39,7 @@ from ...errors import (
 from ...retry import Backoff, retry
 from ...tls import certificate_failure, client_context
 from ...tls_probe import TlsRefusal, tls_refusal
-from .config import _OVERHEAD, CLIENT_ID, TLS_PROTOCOLS, consumer_request_timeout_ms
+from .config import _OVERHEAD, BATCH_BYTES, CLIENT_ID, TLS_PROTOCOLS, consumer_request_timeout_ms
 from .errors import _connection_error, _is_sasl_failure, _lost
 
 
@@ -229,6 +229,7 @@ class KafkaConnection:
                     enable_idempotence=qos == "q2",
                     max_request_size=self.max_message_size + _OVERHEAD,
                     linger_ms=0,
+                    max_batch_size=min(BATCH_BYTES, self.max_message_size),
                     request_timeout_ms=self.request_timeout_ms,
                 )
                 try:
