@@ -77,7 +77,7 @@ def sizes(broker: str, quick: bool) -> dict[str, Any]:
         "rr": 200 if quick else 2_000,
         "concurrent": 50 if quick else 200,
         "bursts": 2 if quick else 5,
-        "seconds": 2.0 if quick else 5.0,
+        "seconds": 2.0 if quick else 3.0,
     }
 
 
