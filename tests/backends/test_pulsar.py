@@ -157,6 +157,26 @@ class TestPulsarBackend:
         finally:
             await b.close()
 
+    async def test_acks_call_back_inline_on_the_loop_thread(self, backend: Any, monkeypatch: Any) -> None:
+        """An ack's callback (``_ignore``) is a Python call, taken for its lower cost
+        than ``None``.  It must run inline, on the calling thread: from the client's
+        own threads it would need the GIL for every ack."""
+        import threading
+
+        from trustgraph_pubsub.backends.pulsar import consumer as pb_consumer
+
+        threads: list[int] = []
+        monkeypatch.setattr(pb_consumer, "_ignore", lambda result: threads.append(threading.get_ident()))
+        name = fresh("ackcb")
+        c = await backend.create_consumer(name, "s", Item)
+        p = await backend.create_producer(name, Item)
+        await send_all(p, range(20))
+        for _ in range(20):
+            msg = await c.receive(timeout=30)
+            await c.acknowledge(msg)
+        assert threads == [threading.get_ident()] * 20
+        await c.close()
+
     async def test_default_nack_delay_is_about_a_second(self, backend: Any) -> None:
         assert backend.nack_delay_ms == 1000
         name = fresh("nack-default")

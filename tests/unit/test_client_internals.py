@@ -136,7 +136,7 @@ def test_pulsar_asyncio_wrappers_keep_the_raw_handles() -> None:
         ("Producer", "send_async", True, "for pipelined sends (with or without a callback)"),
         ("Producer", "flush_async", False, "for window flushes and the background watch"),
         ("Consumer", "receive_async", False, "to keep one receive outstanding"),
-        ("Consumer", "acknowledge_async", True, "for callback-free acks"),
+        ("Consumer", "acknowledge_async", True, "for acks with an inline no-op callback"),
         ("Consumer", "negative_acknowledge_async", True, "for callback-free nacks"),
         ("Consumer", "unsubscribe_async", False, "to unsubscribe without blocking the loop"),
     ],

@@ -1,5 +1,6 @@
 """The Pulsar consumer and its received message: one ``receive_async``
-outstanding, callback-free acks and nacks, unsubscribing, and closing."""
+outstanding, acks with a no-op callback the client runs inline, callback-free
+nacks, unsubscribing, and closing."""
 
 from __future__ import annotations
 
