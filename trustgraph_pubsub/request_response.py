@@ -24,8 +24,10 @@ mark the last one with ``final="true"``; a plain reply always carries
 ``is_final(value, properties)`` holds; by default a ``final="true"``
 property, or a value whose ``end_of_stream`` attribute is True.
 
-Replies are sent with the request id as their key, so a partitioned
-backend keeps one stream's replies in order on one partition.
+A stream's replies are sent with the request id as their key, so a
+partitioned backend keeps them in order on one partition.  A single reply
+has no order to keep and goes without a key: on Kafka a key is hashed
+(aiokafka's murmur2, about 12 us in pure Python) on every send.
 
 Requests and replies are latency-bound: their producers are created with
 ``latency_bound=True`` so a batching backend does not hold them back.
@@ -254,13 +256,13 @@ class Responder(Lifecycle):
             metrics=metrics,
         )
 
-    async def _reply(self, value: Any, rid: str | None, final: bool) -> None:
+    async def _reply(self, value: Any, rid: str | None, final: bool, *, stream: bool) -> None:
         props = {FINAL: "true" if final else "false"}
         if rid is not None:
             props[ID] = rid
-        # Keyed by the request id: where a topic is partitioned (Kafka), every
-        # reply of one stream lands on one partition and so keeps its order.
-        await self._producer.send(value, props, key=rid)
+        # A stream is keyed by the request id: where a topic is partitioned (Kafka),
+        # every reply of one stream lands on one partition and so keeps its order.
+        await self._producer.send(value, props, key=rid if stream else None)
 
     async def _handle(self, msg: Message) -> None:
         props = msg.properties()
@@ -277,15 +279,15 @@ class Responder(Lifecycle):
             have = False
             async for item in stream:
                 if have:
-                    await self._reply(held, rid, final=False)
+                    await self._reply(held, rid, final=False, stream=True)
                 held, have = item, True
             if have:
-                await self._reply(held, rid, final=True)
+                await self._reply(held, rid, final=True, stream=True)
             else:
                 log.warning("stream handler for %s yielded nothing for request %s",
                             self.request_topic, rid)
             return
-        await self._reply(result, rid, final=True)
+        await self._reply(result, rid, final=True, stream=False)
 
     async def start(self) -> None:
         """Open the reply producer, then start consuming requests."""

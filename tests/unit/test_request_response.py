@@ -40,15 +40,25 @@ def topics() -> tuple[str, str]:
 
 
 class RecordingBackend(MemoryBackend):
-    """Records producer options, to check that request traffic is latency-bound."""
+    """Records producer options, to check that request traffic is latency-bound,
+    and the key of every send per topic."""
 
     def __init__(self, hub: MemoryHub) -> None:
         super().__init__(hub)
         self.producer_opts: dict[str, dict[str, Any]] = {}
+        self.keys: dict[str, list[str | None]] = {}
 
     async def create_producer(self, topic: str, schema: type[Any] | None, **opts: Any) -> MemoryProducer:
         self.producer_opts[topic] = opts
-        return await super().create_producer(topic, schema, **opts)
+        producer = await super().create_producer(topic, schema, **opts)
+        send, keys = producer.send, self.keys.setdefault(topic, [])
+
+        async def recording(message: Any, properties: Any = None, *, key: str | None = None) -> None:
+            keys.append(key)
+            await send(message, properties, key=key)
+
+        producer.send = recording  # type: ignore[method-assign]
+        return producer
 
 
 @pytest.fixture
@@ -179,6 +189,33 @@ async def test_plain_replies_are_final(mb: RecordingBackend) -> None:
         assert await rr.request(Req(4), properties={"user": "u1"}) == Resp(40)
     m = await raw.receive(timeout=1)
     assert m.properties()["final"] == "true"
+
+
+async def test_a_stream_is_keyed_by_its_request_and_a_single_reply_is_not(
+    mb: RecordingBackend,
+) -> None:
+    """A stream's replies share a key, so a partitioned topic keeps their order;
+    a single reply has none to keep, and an unkeyed send is not hashed."""
+    rq, rs = topics()
+
+    async def handler(req: Req, props: dict[str, str]) -> Any:
+        if not req.parts:
+            return Resp(req.n)
+
+        async def stream() -> AsyncIterator[Resp]:
+            for part in range(req.parts):
+                yield Resp(req.n, part)
+
+        return stream()
+
+    raw = await mb.create_consumer(rs, "watch", Resp)
+    async with Responder(mb, rq, Req, rs, Resp, handler, subscription="svc"), \
+            RequestResponse(mb, rq, Req, rs, Resp) as rr:
+        assert await rr.request(Req(1)) == Resp(1)
+        assert [v.part async for v in rr.request_stream(Req(2, parts=3))] == [0, 1, 2]
+    ids = [(await raw.receive(timeout=1)).properties()["id"] for _ in range(4)]
+    assert mb.keys[rs] == [None, ids[1], ids[1], ids[1]]
+    assert ids[1] != ids[0]
 
 
 async def test_handler_sees_request_properties(mb: RecordingBackend) -> None:
