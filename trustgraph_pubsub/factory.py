@@ -148,7 +148,7 @@ BACKEND_OPTIONS: dict[str, tuple[Option, ...]] = {
                help="how long a Kafka client waits for an answer before it drops the "
                "connection and reconnects (a stalled link is noticed by then); the producer "
                "fails what it had not confirmed (Producer sends it again); consumers wait at "
-               "least 5 s past a fetch's wait, and group members past the 10 s session timeout"),
+               "least 5 s past a fetch's wait, and group members past the 6 s session timeout"),
         *tls_options("KAFKA", "--kafka-security-protocol SSL or SASL_SSL"),
     ),
     "memory": (),

@@ -15,8 +15,8 @@ byte both ways without closing anything.  Per backend, a resilient
 
 The bounds: MQTT ``--mqtt-keepalive`` and RabbitMQ ``--rabbitmq-heartbeat``
 are set to 2 s (bound 10 s).  Kafka: ``--kafka-request-timeout-ms 2000``; the
-producer gives up after it, a group member's requests after 15 s (a JoinGroup
-may rightly be held for the 10 s session timeout; ``kafka.config.
+producer gives up after it, a group member's requests after 11 s (a JoinGroup
+may rightly be held for the 6 s session timeout; ``kafka.config.
 consumer_request_timeout_ms``).  Pulsar: the C++ client's keep-alive is fixed
 at 30 s (pulsar-client 3.13's Python API does not set it), so a stall is
 noticed 30 to 60 s in and the Pulsar case stalls for 70 s whatever

@@ -302,7 +302,7 @@ class TestStormPulsar(StormBattery):
 class TestStormKafka(StormBattery):
     broker_name = "kafka"
     # A member killed without leaving keeps its partitions, and the requests on
-    # them, until the group's session timeout (10 s) ends it.
+    # them, until the group's session timeout (6 s) ends it.
     quiet = 15.0
 
 
