@@ -215,14 +215,8 @@ async def _until_done(call: Callable[[str, str], Awaitable[Any]], fid: str, done
         await asyncio.sleep(1.0)
 
 
-async def _snapshot(config: ConfigClient, flows: FlowClient) -> dict[str, Any]:
+async def _snapshot(config: ConfigClient) -> dict[str, Any]:
     return {
-        # Asked first, through the flow service's own queue: requests the storm's
-        # clients gave up on (no answer in time) still wait there for a restarted
-        # flow-svc, and are carried out late.  Once it answered this one, every
-        # request queued before it has been taken, and what they do shows in the
-        # store within the still window below.
-        "listed": set(await flows.list_flows(WS)),
         "flows": set(await config.keys(WS, "flow")),
         "entries": set(await config.keys(WS, "processor:chunker")),
         "starting": sorted(await config.keys("__system__", "flow-starting")),
@@ -234,21 +228,40 @@ async def _snapshot(config: ConfigClient, flows: FlowClient) -> dict[str, Any]:
 async def _quiet(config: ConfigClient, flows: FlowClient, still: float = 3.0) -> dict[str, Any]:
     """The store's state once no start or stop is in progress or waiting in the
     flow service's queue, the bootstrapper has converged and nothing changed for
-    ``still`` seconds."""
+    ``still`` seconds.
+
+    Requests the storm's clients gave up on (no answer in time) still wait in
+    the flow service's queue for a restarted flow-svc, and are carried out
+    late.  So the flow service must also have answered a list-flows (through
+    that queue) that agrees with the store, at least ``still`` seconds before
+    the state counts as quiet: every request queued before it has been taken
+    by then, and what it does shows in the store within the window.  A
+    list-flows that gets no answer does not count, and does not reset the
+    window (a flow-svc may still be starting)."""
     deadline = time.monotonic() + WAIT
     last: dict[str, Any] | None = None
-    since = time.monotonic()
+    since = answered = time.monotonic()
+    heard = False
     while True:
         try:
-            state = await _snapshot(config, flows)
+            state = await _snapshot(config)
         except PubSubError:
             state = None
+        now = time.monotonic()
         if state != last:
-            last, since = state, time.monotonic()
+            last, since, heard = state, now, False
+        elif state is not None and not heard:
+            try:
+                listed = set(await flows.list_flows(WS))
+            except PubSubError:
+                listed = None
+            if listed == state["flows"]:
+                heard, answered = True, time.monotonic()
         elif (state is not None and not state["starting"] and not state["stopping"]
-              and state["flags"] >= INIT_FLAGS and time.monotonic() - since >= still):
+              and state["flags"] >= INIT_FLAGS and now - since >= still
+              and now - answered >= still):
             return state
-        if time.monotonic() > deadline:
+        if now > deadline:
             pytest.fail(f"the control plane did not settle within {WAIT}s: {last}")
         await asyncio.sleep(0.5)
 
