@@ -54,7 +54,7 @@ from typing import Any
 from trustgraph_pubsub import ConfigurationError, PubSubError, ServiceError
 from trustgraph_pubsub.config_client import ConfigClient
 from trustgraph_pubsub.flow_client import FlowClient
-from trustgraph_pubsub.processor import AsyncProcessor, env_default
+from trustgraph_pubsub.processor import AsyncProcessor, env_default, seconds_param
 
 from .initialiser import InitContext, Initialiser, InitialiserError
 
@@ -179,11 +179,11 @@ class Bootstrapper(AsyncProcessor):
             raw = read_specs_file(path)
         base = Path(path).resolve().parent if path is not None else None
         self.specs = load_initialisers(raw, base=base)
-        self.gate_interval = _seconds(params, "gate_interval", 5.0)
-        self.converge_interval = _seconds(params, "converge_interval", 15.0)
-        self.steady_interval = _seconds(params, "steady_interval", 300.0)
-        self.service_timeout = _seconds(params, "service_timeout", 5.0)
-        self.flow_timeout = _seconds(params, "flow_timeout", 120.0)
+        self.gate_interval = seconds_param(params, "gate_interval", 5.0)
+        self.converge_interval = seconds_param(params, "converge_interval", 15.0)
+        self.steady_interval = seconds_param(params, "steady_interval", 300.0)
+        self.service_timeout = seconds_param(params, "service_timeout", 5.0)
+        self.flow_timeout = seconds_param(params, "flow_timeout", 120.0)
         #: flags known to be stored (what the last read, or this process, stored)
         self.stored: dict[str, str] = {}
         self.converged = asyncio.Event()
@@ -328,17 +328,6 @@ class Bootstrapper(AsyncProcessor):
             log.warning("could not store the flag of %s (%s); it runs again next wake", spec.name, exc)
             return
         self.stored[spec.name] = spec.flag
-
-
-def _seconds(params: dict[str, Any], name: str, default: float) -> float:
-    value = params.get(name)
-    try:
-        out = float(default if value is None else value)
-    except (TypeError, ValueError):
-        raise ConfigurationError(f"--{name.replace('_', '-')} must be a number of seconds") from None
-    if out <= 0:
-        raise ConfigurationError(f"--{name.replace('_', '-')} must be > 0, got {out}")
-    return out
 
 
 def main(argv: Sequence[str] | None = None) -> None:

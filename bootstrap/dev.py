@@ -112,13 +112,16 @@ class _Children:
         return ""
 
     def stop(self) -> dict[str, int]:
-        """SIGTERM every child (bootstrapper first, config service last); exit codes."""
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
+        """Stop the children in the reverse of their start order, each after the
+        last has exited (bootstrapper first, config service last); exit codes.
+
+        Why one at a time: a service's in-flight work may wait on a service
+        started before it (the flow service on the config service), and it
+        drains faster when that one still answers.  Each service bounds its own
+        drain (``--drain-timeout``), so a SIGTERM at once would also end."""
         codes = {}
         for name, p in reversed(list(self.procs.items())):
-            terminate(p, grace=15.0, signalled=True)  # SIGTERMed above: at most SIGKILL now
+            terminate(p, grace=15.0)
             codes[name] = p.returncode
         return codes
 
@@ -259,6 +262,9 @@ async def run_dev(
         bad = {n: c for n, c in codes.items() if c != 0}
         if bad:
             clock.say(f"services that did not exit 0 on SIGTERM: {bad}")
+            for svc in bad:
+                # The workdir may be removed below; the operator sees why here.
+                clock.say(f"the end of {svc}'s log:\n{children.tail(svc)}")
         await asyncio.to_thread(broker.stop)
         clock.say("stopped every service and the broker")
         if own_dir and code == 0:

@@ -97,7 +97,7 @@ class OperationService(AsyncProcessor):
     async def on_stop(self) -> None:
         try:
             if self._responder is not None:
-                await self._responder.stop()
+                await self._responder.stop(self.drain_timeout)
         finally:
             await self.close_service()
 

@@ -173,10 +173,12 @@ class Flow:
             await self.stop()
             raise
 
-    async def stop(self) -> None:
-        """Consumers first (draining), then producers.  Errors are logged, not raised."""
+    async def stop(self, drain_timeout: float | None = None) -> None:
+        """Consumers first (draining, for at most ``drain_timeout`` seconds if given),
+        then producers.  Errors are logged, not raised."""
         runners, self._runners = self._runners, []
-        for r in await asyncio.gather(*(x.stop() for x in runners), return_exceptions=True):
+        for r in await asyncio.gather(*(x.stop(drain_timeout) for x in runners),
+                                      return_exceptions=True):
             if isinstance(r, BaseException):
                 log.warning("flow %s/%s: stopping a consumer: %s", self.workspace, self.id, r)
         producers, self._producers = self._producers, {}
@@ -226,7 +228,7 @@ class FlowProcessor(AsyncProcessor):
         if self.receiver is not None:
             await self.receiver.stop()
         flows, self.flows = list(self.flows.values()), {}
-        await asyncio.gather(*(f.stop() for f in flows))
+        await asyncio.gather(*(f.stop(self.drain_timeout) for f in flows))
         if self.config is not None:
             await self.config.stop()
 

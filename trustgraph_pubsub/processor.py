@@ -57,7 +57,7 @@ from .retry import Backoff
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AsyncProcessor", "env_default"]
+__all__ = ["AsyncProcessor", "env_default", "seconds_param"]
 
 #: a supervised task that ran this long without failing starts its backoff afresh.
 HEALTHY_AFTER = 30.0
@@ -81,8 +81,29 @@ def _positive_int(flag: str, value: Any) -> int:
     return n
 
 
+def seconds_param(params: Mapping[str, Any], name: str, default: float) -> float:
+    """``params[name]`` (``default`` if absent) as a positive number of seconds;
+    ``ConfigurationError`` naming the flag otherwise."""
+    value = params.get(name)
+    flag = f"--{name.replace('_', '-')}"
+    try:
+        out = float(default if value in (None, "") else value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"{flag} must be a number of seconds, got {value!r}") from None
+    if not out > 0:
+        raise ConfigurationError(f"{flag} must be > 0, got {out}")
+    return out
+
+
 #: how long ``stop`` waits for cancelled tasks before cancelling them again.
 RECANCEL_AFTER = 10.0
+
+#: how long a stopping processor lets in-flight handlers finish (``--drain-timeout``).
+#: A handler may wait on another service that is stopping too (all of a
+#: deployment gets SIGTERM at once); without a bound its stop would outlast the
+#: grace period (Kubernetes: 30 s) and end in SIGKILL.  A handler cut short
+#: leaves its message unacknowledged, so it is redelivered, never lost.
+DEFAULT_DRAIN_TIMEOUT = 10.0
 
 
 async def _cancel_all(tasks: list[asyncio.Task[None]], ident: str) -> None:
@@ -124,6 +145,7 @@ class AsyncProcessor(Lifecycle):
         self.concurrency = _positive_int(
             "--concurrency", self.default_concurrency if concurrency is None else concurrency
         )
+        self.drain_timeout = seconds_param(params, "drain_timeout", DEFAULT_DRAIN_TIMEOUT)
         port = params.get("metrics_port")
         self.metrics_port: int | None = None
         if port not in (None, "", 0, "0"):
@@ -152,6 +174,13 @@ class AsyncProcessor(Lifecycle):
         parser.add_argument(
             "--concurrency", type=int, default=env_default("CONCURRENCY", cls.default_concurrency),
             help=f"handlers run at once per consumer (env CONCURRENCY, default {cls.default_concurrency})",
+        )
+        parser.add_argument(
+            "--drain-timeout", type=float,
+            default=env_default("DRAIN_TIMEOUT", DEFAULT_DRAIN_TIMEOUT),
+            help="seconds a stopping processor lets in-flight handlers finish; the rest "
+            "are cut short and their messages redelivered "
+            f"(env DRAIN_TIMEOUT, default {DEFAULT_DRAIN_TIMEOUT:g})",
         )
         parser.add_argument(
             "--metrics-port", type=int, default=env_default("METRICS_PORT"),

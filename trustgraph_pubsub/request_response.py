@@ -294,10 +294,13 @@ class Responder(Lifecycle):
         await self._producer.start()
         await self._consumer.start()
 
-    async def stop(self) -> None:
-        """Finish in-flight requests (their replies are sent), then close."""
+    async def stop(self, drain_timeout: float | None = None) -> None:
+        """Finish in-flight requests (their replies are sent), then close.
+
+        Handlers still running after ``drain_timeout`` seconds (None: wait for
+        all) are cancelled unanswered; their requests are redelivered."""
         try:
-            await self._consumer.stop()
+            await self._consumer.stop(drain_timeout)
         finally:
             await self._producer.close()
 

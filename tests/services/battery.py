@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+import prometheus_client
 import pytest
 
 from bootstrap.bootstrapper import Bootstrapper
@@ -47,6 +49,7 @@ from trustgraph_pubsub.config_client import ConfigClient
 from trustgraph_pubsub.config_receiver import ConfigReceiver
 from trustgraph_pubsub.flow_client import FlowClient
 from trustgraph_pubsub.flow_processor import ConsumerSpec, Flow, FlowProcessor
+from trustgraph_pubsub.metrics import Metrics
 from trustgraph_schema import (
     ConfigPush,
     ConfigRequest,
@@ -531,6 +534,30 @@ class ControlPlaneBattery:
             with pytest.raises(ServiceError) as err:
                 await flows.call(FlowRequest("fly"))
             assert err.value.type == "bad-operation"
+
+    async def test_a_stop_cuts_short_a_request_that_waits_on_a_stopped_service(
+        self, cp: ControlPlane
+    ) -> None:
+        """All of a deployment gets SIGTERM at once: a flow request waiting on a
+        config service that is gone must not hold the flow service's stop past
+        ``--drain-timeout``, and the request is answered by the next replica."""
+        metrics = Metrics(prometheus_client.CollectorRegistry())
+        svc = await cp.start_flow(drain_timeout=1.0, config_timeout=WAIT, metrics=metrics)
+        backend = cp.backend()
+        async with FlowClient(backend, timeout=3 * WAIT) as flows:
+            asked = asyncio.create_task(flows.list_flows("w"))
+            labels = {"topic": svc.request_topic, "subscription": svc.subscription,
+                      "backend": cp.broker.name}
+            await eventually(lambda: metrics.value("messages_total", **labels) >= 1, WAIT,
+                             what="the flow service to take the request")
+            began = time.monotonic()
+            await svc.stop()
+            took = time.monotonic() - began
+            assert took < 1.0 + 5.0, f"stop took {took:.1f}s with a 1 s drain timeout"
+            assert not asked.done()
+            await cp.start_config()
+            await cp.start_flow()
+            assert await asked == []
 
     async def test_no_reply_is_a_timeout(self, cp: ControlPlane) -> None:
         async with ConfigClient(cp.backend(), timeout=1.0) as c:

@@ -48,10 +48,11 @@ def test_dev_until_converged(backend: str, tmp_path: Path) -> None:
     took = time.monotonic() - began
     text = out.stdout + out.stderr
     assert out.returncode == 0, text
+    assert "did not exit 0 on SIGTERM" not in text, text
     assert took < DEV_LIMIT, f"took {took:.1f}s\n{text}"
     assert "converged" in text and "default    default  chunks     running" in text, text
-    assert "'TrustGraph services talk'" in text
-    assert "stopped every service and the broker" in text
+    assert "'TrustGraph services talk'" in text, text
+    assert "stopped every service and the broker" in text, text
     m = re.search(r"at (?:pulsar://)?127\.0\.0\.1:(\d+)", text)
     if backend in ("pulsar", "kafka"):
         assert m and not port_open("127.0.0.1", int(m.group(1))), "the embedded broker still listens"

@@ -48,6 +48,10 @@ def test_bad_options_are_refused_by_name() -> None:
         Recorder(concurrency=0)
     with pytest.raises(ConfigurationError, match="--metrics-port"):
         Recorder(metrics_port="http")
+    for bad in ("soon", 0, -1):
+        with pytest.raises(ConfigurationError, match="--drain-timeout"):
+            Recorder(drain_timeout=bad)
+    assert Recorder(drain_timeout="2.5").drain_timeout == 2.5
 
 
 async def test_lifecycle_owns_the_backend_it_made(monkeypatch: pytest.MonkeyPatch) -> None:
