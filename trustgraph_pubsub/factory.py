@@ -148,7 +148,12 @@ BACKEND_OPTIONS: dict[str, tuple[Option, ...]] = {
                help="how long a Kafka client waits for an answer before it drops the "
                "connection and reconnects (a stalled link is noticed by then); the producer "
                "fails what it had not confirmed (Producer sends it again); consumers wait at "
-               "least 5 s past a fetch's wait, and group members past the 6 s session timeout"),
+               "least 5 s past a fetch's wait, and group members past the session timeout"),
+        Option("session_timeout_ms", "KAFKA_SESSION_TIMEOUT_MS", 6000, int,
+               help="a group member not heard from within this is dropped and its partitions "
+               "go to the others; the broker's group.min.session.timeout.ms (6000 by default) "
+               "and group.max.session.timeout.ms bound it, so follow a broker set otherwise; "
+               "at least 1500 (three 500 ms heartbeats)"),
         *tls_options("KAFKA", "--kafka-security-protocol SSL or SASL_SSL"),
     ),
     "memory": (),

@@ -33,6 +33,7 @@ from trustgraph_pubsub import (
     naming,
 )
 from trustgraph_pubsub.backends import kafka as kb
+from trustgraph_pubsub.backends.kafka.config import ANSWER_MARGIN_MS
 from trustgraph_schema.topic import topic as make_topic
 
 
@@ -215,6 +216,25 @@ class TestKafkaBackend:
         await p.flush()
         assert (await c.receive(timeout=30)).value().n == 7
         await c.close()
+
+    async def test_the_session_timeout_reaches_the_group_member(self, broker: Broker) -> None:
+        """``--kafka-session-timeout-ms`` is what the member joins with (and what
+        its request timeout stays above); it consumes as at the default."""
+        backend = broker.make_backend(kafka_session_timeout_ms=9000)
+        try:
+            name = fresh("session")
+            c = await backend.create_consumer(name, "grp", Item)
+            client = c._client  # the member's aiokafka consumer
+            assert client._session_timeout_ms == 9000
+            assert client._client._request_timeout_ms >= 9000 + ANSWER_MARGIN_MS
+            p = await backend.create_producer(name, Item)
+            await p.send(Item(3))
+            await p.flush()
+            m = await c.receive(timeout=30)
+            assert m.value().n == 3
+            await c.acknowledge(m)
+        finally:
+            await backend.close()
 
     async def test_latest_consumer_gets_what_is_sent_after_it_returns(self, backend: Any) -> None:
         name = fresh("latest")
@@ -418,6 +438,7 @@ class TestKafkaBackend:
             ({"kafka_fetch_max_wait_ms": 0}, "--kafka-fetch-max-wait-ms"),
             ({"kafka_bootstrap_servers": "host:port"}, "--kafka-bootstrap-servers"),
             ({"kafka_partitions": 0}, "--kafka-partitions"),
+            ({"kafka_session_timeout_ms": 1000}, "--kafka-session-timeout-ms"),
             ({"kafka_security_protocol": "SASL_PLAINTEXT"}, "--kafka-sasl-username"),
             ({"kafka_security_protocol": "SASL_PLAINTEXT", "kafka_sasl_mechanism": "MD5",
               "kafka_sasl_username": "u", "kafka_sasl_password": "p"}, "--kafka-sasl-mechanism"),

@@ -51,6 +51,18 @@ def test_env_values_are_coerced_and_bad_ones_name_the_flag(monkeypatch: pytest.M
         resolve_options("rabbitmq", {})
 
 
+def test_the_kafka_session_timeout_comes_from_the_flag_or_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert resolve_options("kafka", {})["session_timeout_ms"] == 6000
+    monkeypatch.setenv("KAFKA_SESSION_TIMEOUT_MS", "45000")
+    assert get_pubsub(pubsub_backend="kafka").session_timeout_ms == 45000  # type: ignore[attr-defined]
+    for bad in ("1000", "soon"):
+        monkeypatch.setenv("KAFKA_SESSION_TIMEOUT_MS", bad)
+        with pytest.raises(ConfigurationError, match="--kafka-session-timeout-ms"):
+            get_pubsub(pubsub_backend="kafka")
+
+
 def test_add_pubsub_args_then_get_pubsub(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PUBSUB_BACKEND", raising=False)
     parser = argparse.ArgumentParser()

@@ -63,3 +63,7 @@ def test_kafka_consumers_follow_the_request_timeout_above_their_floor() -> None:
     assert consumer_request_timeout_ms(2_000, 5, group=True) == SESSION_TIMEOUT_MS + ANSWER_MARGIN_MS
     assert consumer_request_timeout_ms(2_000, 20_000, group=True) == 20_000 + ANSWER_MARGIN_MS
     assert consumer_request_timeout_ms(30_000, 5, group=False) == 30_000
+    assert consumer_request_timeout_ms(2_000, 5, group=True, session_timeout_ms=45_000) \
+        == 45_000 + ANSWER_MARGIN_MS
+    assert consumer_request_timeout_ms(2_000, 5, group=False, session_timeout_ms=45_000) \
+        == 5 + ANSWER_MARGIN_MS

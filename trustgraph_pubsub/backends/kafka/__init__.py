@@ -73,7 +73,7 @@ certificate did, for the error.
 A stalled link (open, silent) is noticed when a request times out (aiokafka
 then drops the connection): ``request_timeout_ms`` for the producer, and for
 consumers the same but never under a fetch's wait or a JoinGroup's session
-timeout plus 5 s (``config.consumer_request_timeout_ms``).
+timeout (``session_timeout_ms``, 6 s) plus 5 s (``config.consumer_request_timeout_ms``).
 
 Layout: ``config`` (tuning constants, settings validation), ``errors``
 (aiokafka's exceptions and the broker's error codes mapped to the SDK's),
@@ -189,6 +189,7 @@ class KafkaBackend(KafkaLifecycle):
         connect_timeout: float = 10.0,
         join_timeout: float = 60.0,
         request_timeout_ms: int = 40_000,
+        session_timeout_ms: int = SESSION_TIMEOUT_MS,
         tls_ca_file: str | None = None,
         tls_cert_file: str | None = None,
         tls_key_file: str | None = None,
@@ -208,6 +209,7 @@ class KafkaBackend(KafkaLifecycle):
             connect_timeout=connect_timeout,
             join_timeout=join_timeout,
             request_timeout_ms=request_timeout_ms,
+            session_timeout_ms=session_timeout_ms,
             tls_files={"ca_file": tls_ca_file, "cert_file": tls_cert_file, "key_file": tls_key_file},
         )
 
@@ -224,6 +226,7 @@ class KafkaBackend(KafkaLifecycle):
         self.connect_timeout = float(connect_timeout)
         self.join_timeout = float(join_timeout)
         self.request_timeout_ms = request_timeout_ms
+        self.session_timeout_ms = session_timeout_ms
         self.capabilities = Capabilities(
             persistent=True,
             replay_from_earliest=True,

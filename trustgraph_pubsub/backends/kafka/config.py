@@ -26,14 +26,19 @@ CLIENT_ID = "trustgraph-pubsub"
 COMMIT_INTERVAL = 0.5
 COMMIT_EVERY = 1000
 #: group membership: a member that stops heartbeating is dropped after the
-#: session timeout; heartbeats are frequent so that a rebalance (a consumer
-#: joining) is noticed within half a second by the other members.  6 s is the
-#: shortest a Kafka broker takes by default (``group.min.session.timeout.ms``);
-#: it also bounds how long a join is held: tansu holds a JoinGroup for half the
-#: session timeout (measured: 5.0 s at 10 s, 3.0 s at 6 s), and every consumer
+#: session timeout (``--kafka-session-timeout-ms``, this by default);
+#: heartbeats are frequent so that a rebalance (a consumer joining) is noticed
+#: within half a second by the other members.  6 s is the shortest a Kafka
+#: broker takes by default (``group.min.session.timeout.ms``; a broker set
+#: higher refuses the join, and the flag must follow it); it also bounds how
+#: long a join is held: tansu holds a JoinGroup for half the session timeout
+#: (measured: 5.0 s at 10 s, 3.0 s at 6 s, 1.0 s at 1 s), and every consumer
 #: of a subscription joins when it starts.
 SESSION_TIMEOUT_MS = 6_000
 HEARTBEAT_INTERVAL_MS = 500
+#: the shortest session timeout taken: three heartbeats, so that one late
+#: heartbeat does not drop a member.
+MIN_SESSION_TIMEOUT_MS = 3 * HEARTBEAT_INTERVAL_MS
 #: milliseconds a consumer's request timeout keeps above the longest a broker may
 #: rightly hold a request: a fetch (``fetch_max_wait_ms``) and, in a group, a
 #: JoinGroup (the rebalance timeout, which is the session timeout here).
@@ -55,7 +60,7 @@ _SWEEP_AT = 4096
 
 
 def consumer_request_timeout_ms(request_timeout_ms: int, fetch_max_wait_ms: int, *,
-                                group: bool) -> int:
+                                group: bool, session_timeout_ms: int = SESSION_TIMEOUT_MS) -> int:
     """The request timeout of a consumer client: ``--kafka-request-timeout-ms``, but
     never so short that a fetch or a group join the broker rightly holds times out.
 
@@ -65,7 +70,7 @@ def consumer_request_timeout_ms(request_timeout_ms: int, fetch_max_wait_ms: int,
     """
     floor = fetch_max_wait_ms + ANSWER_MARGIN_MS
     if group:
-        floor = max(floor, SESSION_TIMEOUT_MS + ANSWER_MARGIN_MS)
+        floor = max(floor, session_timeout_ms + ANSWER_MARGIN_MS)
     return max(request_timeout_ms, floor)
 
 
@@ -84,6 +89,7 @@ def check_settings(
     connect_timeout: float,
     join_timeout: float,
     request_timeout_ms: int,
+    session_timeout_ms: int = SESSION_TIMEOUT_MS,
     tls_files: dict[str, str | None] | None = None,
 ) -> tuple[list[str], str, str]:
     """Check the backend's settings; the bootstrap hosts, the security protocol
@@ -138,6 +144,7 @@ def check_settings(
         ("--kafka-replication-factor", replication_factor, 1),
         ("--kafka-max-message-size", max_message_size, 1),
         ("--kafka-request-timeout-ms", request_timeout_ms, 1),
+        ("--kafka-session-timeout-ms", session_timeout_ms, MIN_SESSION_TIMEOUT_MS),
     ):
         if not isinstance(value, int) or value < low:
             raise ConfigurationError(f"{flag} must be an integer >= {low}, got {shown(value)}")

@@ -35,7 +35,6 @@ from .config import (
     FETCH_BATCH,
     HEARTBEAT_INTERVAL_MS,
     REVOKE_GRACE,
-    SESSION_TIMEOUT_MS,
     consumer_request_timeout_ms,
 )
 from .connection import _settle_at_end
@@ -139,10 +138,11 @@ class KafkaConsumer:
             auto_offset_reset=self._initial_position,
             fetch_max_wait_ms=b.fetch_max_wait_ms,
             max_partition_fetch_bytes=max(1024 * 1024, b.max_message_size + _OVERHEAD),
-            session_timeout_ms=SESSION_TIMEOUT_MS,
+            session_timeout_ms=b.session_timeout_ms,
             heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
             request_timeout_ms=consumer_request_timeout_ms(
-                b.request_timeout_ms, b.fetch_max_wait_ms, group=True),
+                b.request_timeout_ms, b.fetch_max_wait_ms, group=True,
+                session_timeout_ms=b.session_timeout_ms),
         )
         await b._start_client(self._client, f"consumer of {self.topic} ({self.subscription})")
         try:
@@ -154,7 +154,9 @@ class KafkaConsumer:
                 raise PubSubTimeoutError(
                     f"consumer of {self.topic} (subscription {self.subscription!r}) did not "
                     f"join its group {self._group!r} within {b.join_timeout:g}s "
-                    "(--kafka-join-timeout); is the broker's group coordinator healthy?"
+                    "(--kafka-join-timeout); is the broker's group coordinator healthy, and "
+                    f"does it take a session timeout of {b.session_timeout_ms} ms "
+                    "(--kafka-session-timeout-ms, within its group.min/max.session.timeout.ms)?"
                 ) from None
             await self._settle_latest()
         except BaseException:
