@@ -25,7 +25,7 @@ from typing import Any
 
 from bootstrap.config_service import ConfigService, SqliteStore
 from bootstrap.flow_service import FlowService
-from trustgraph_pubsub import Consumer, Message, get_pubsub
+from trustgraph_pubsub import Consumer, Message, PubSubError, get_pubsub
 from trustgraph_pubsub.flow_client import FlowClient
 from trustgraph_pubsub.flow_processor import ConsumerSpec, Flow, FlowProcessor
 from trustgraph_schema import ConfigPush, config_push_queue
@@ -124,6 +124,14 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
         await s.stop()
     await fsvc.stop()
     await svc.stop()
+    # The services' subscriptions are this run's own: on a broker that outlives
+    # the run (RabbitMQ), a durable queue left bound to the request topic would
+    # collect a copy of every config or flow request anyone sends, for good.
+    for topic, sub in ((svc.request_topic, svc.subscription), (fsvc.request_topic, fsvc.subscription)):
+        try:
+            await shared.delete_queue(topic, sub)
+        except PubSubError as exc:
+            logging.warning("could not delete subscription %r of %s: %s", sub, topic, exc)
     for b in backends:
         await b.close()
     return out

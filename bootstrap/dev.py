@@ -16,7 +16,11 @@ prints the answer.  It keeps running until Ctrl-C or SIGTERM, or exits 0 at
 once with ``--until-converged`` (1 if it did not converge within
 ``--timeout`` seconds).  On a system broker that outlives the run
 (RabbitMQ, Mosquitto) with the default temporary workdir, the flows are
-stopped first, so their queues do not outlive the config that named them.  Either way every child it started is stopped
+stopped first, so their queues do not outlive the config that named them.
+On such a broker a run with a new config database first deletes the config
+and flow services' request queues: a request still waiting there was sent
+to another run (or a benchmark, or a test), and served against this run's
+empty store it would start flows nobody asked this run for.  Either way every child it started is stopped
 (SIGTERM, then SIGKILL), and children die with it even if it is killed
 (``PR_SET_PDEATHSIG``), so no service or broker process is left behind.
 """
@@ -144,7 +148,9 @@ async def _converged(config: ConfigClient, flags: dict[str, str], clock: _Clock,
 
 
 async def _state(backend: PubSubBackend, config: ConfigClient) -> tuple[list[list[str]], dict[str, Any]]:
-    """Rows of the state table, and the default flow's record (if any)."""
+    """Rows of the state table, and the default flow's record (if any): the flow
+    ``default`` of workspace ``default`` the bundled initialisers start, else the
+    first one listed."""
     workspaces = set(await config.keys("__workspaces__", "workspace"))
     flows_by_ws = await config.values_all_workspaces("flow")
     workspaces |= set(flows_by_ws)
@@ -156,7 +162,7 @@ async def _state(backend: PubSubBackend, config: ConfigClient) -> tuple[list[lis
             rows.append([ws, "-", "-", "-", "-", "-"])
         for fid, text in sorted(flows.items()):
             record = json.loads(text)
-            if not default:
+            if not default or (ws, fid) == ("default", "default"):
                 default = record
             processors = []
             for p, variant in record.get("processors", []):
@@ -230,6 +236,8 @@ async def run_dev(
             return 1
         clock.say(f"{name} broker at {broker.address}")
         config_keys = {**options, **broker.config()}
+        if name in ("rabbitmq", "mqtt") and not (workdir / "config.db").exists():
+            await _forget_stale_requests(config_keys)
         fast = ["--gate-interval", "1", "--converge-interval", "2", "--service-timeout", "2"]
         if name == "memory":
             in_process = await _start_in_process(config_keys, workdir, specs_file, fast)
@@ -269,6 +277,20 @@ async def run_dev(
         clock.say("stopped every service and the broker")
         if own_dir and code == 0:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def _forget_stale_requests(config_keys: dict[str, Any]) -> None:
+    """Delete the config and flow services' request queues (see the module docstring)."""
+    from .config_service import ConfigService
+    from .flow_service import FlowService
+
+    backend = get_pubsub(**config_keys)
+    try:
+        for svc in (ConfigService, FlowService):
+            with contextlib.suppress(PubSubError):
+                await backend.delete_queue(svc.request_topic, svc.subscription)
+    finally:
+        await backend.close()
 
 
 async def _start_in_process(keys: dict[str, Any], workdir: Path, specs: Path, fast: list[str]) -> list[Any]:

@@ -52,6 +52,11 @@ def test_dev_until_converged(backend: str, tmp_path: Path) -> None:
     assert took < DEV_LIMIT, f"took {took:.1f}s\n{text}"
     assert "converged" in text and "default    default  chunks     running" in text, text
     assert "'TrustGraph services talk'" in text, text
+    # Only this run's state: no flow another run left a request for (see run_dev).
+    lines = text.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("---------")) + 1
+    rows = lines[first:lines.index("", first)]
+    assert rows and all(r.startswith("default ") for r in rows), text
     assert "stopped every service and the broker" in text, text
     m = re.search(r"at (?:pulsar://)?127\.0\.0\.1:(\d+)", text)
     if backend in ("pulsar", "kafka"):
