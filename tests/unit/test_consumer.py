@@ -514,7 +514,7 @@ async def test_a_handler_raising_cancelled_error_is_a_failure_not_a_dead_worker(
 async def test_own_cancelled_error_with_concurrency_is_a_failure_too(
     mb: MemoryBackend, metrics: Metrics
 ) -> None:
-    """The same with several workers, where the rest of the handler runs under ``_Rest``."""
+    """The same with several workers, where a handler that waits passes the turn on."""
     t = fresh()
     attempts: Counter[int] = Counter()
     done: list[int] = []
@@ -652,3 +652,69 @@ async def test_prefetch_is_its_own_option(
 def test_prefetch_is_validated(mb: MemoryBackend, bad: Any) -> None:
     with pytest.raises(ConfigurationError, match="prefetch"):
         Consumer(mb, fresh(), "s", Item, _noop, prefetch=bad)
+
+
+class _Counted:
+    """A memory backend consumer that counts its awaited receives and acks, and
+    can hide its plain calls (a backend without ``NowaitConsumer``)."""
+
+    def __init__(self, inner: Any, nowait: bool) -> None:
+        self._inner = inner
+        self.topic, self.subscription = inner.topic, inner.subscription
+        self.awaited = Counter[str]()
+        if nowait:
+            self.receive_nowait = inner.receive_nowait
+            self.acknowledge_nowait = inner.acknowledge_nowait
+
+    async def receive(self, timeout: float | None = None) -> Any:  # noqa: ASYNC109
+        self.awaited["receive"] += 1
+        return await self._inner.receive(timeout)
+
+    async def acknowledge(self, message: Any) -> None:
+        self.awaited["acknowledge"] += 1
+        await self._inner.acknowledge(message)
+
+    async def negative_acknowledge(self, message: Any) -> None:
+        await self._inner.negative_acknowledge(message)
+
+    async def unsubscribe(self) -> None:
+        await self._inner.unsubscribe()
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+@pytest.mark.parametrize("nowait", [True, False], ids=["nowait", "awaited"])
+@pytest.mark.parametrize("concurrency", [1, 8])
+async def test_held_messages_are_taken_and_acked_with_plain_calls(
+    mb: MemoryBackend, nowait: bool, concurrency: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backend consumer with ``receive_nowait``/``acknowledge_nowait`` costs no
+    coroutine per message: 300 queued messages take a handful of awaited receives
+    and no awaited ack.  Without them every message goes through the coroutines."""
+    t = fresh()
+    await (await mb.create_consumer(t, "s", Item)).close()  # the subscription
+    await send(mb, t, *(Item(i) for i in range(300)))
+    made: list[_Counted] = []
+    create = mb.create_consumer
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        made.append(_Counted(await create(*args, **kwargs), nowait))
+        return made[-1]
+
+    monkeypatch.setattr(mb, "create_consumer", counted)
+    done: list[int] = []
+
+    async def handler(msg: Message) -> None:
+        done.append(msg.value().n)
+
+    async with Consumer(mb, t, "s", Item, handler, concurrency=concurrency):
+        await wait_until(lambda: len(done) == 300)
+    monkeypatch.undo()
+    assert sorted(done) == list(range(300))
+    (bc,) = made
+    if nowait:
+        assert bc.awaited["receive"] <= 5 and bc.awaited["acknowledge"] == 0, bc.awaited
+    else:
+        assert bc.awaited["receive"] >= 300 and bc.awaited["acknowledge"] == 300, bc.awaited
+    assert await leftovers(mb, t, "s") == []

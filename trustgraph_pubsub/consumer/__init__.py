@@ -47,16 +47,16 @@ done callback) cost more than the broker client's own receive and ack.
 Instead ``concurrency`` long-lived worker tasks take turns at the backend
 consumer.  The worker holding the *turn* receives a message and runs the
 handler inline, in the same task.  Only if that handler actually waits
-(the handler's coroutine suspends for the first time, or another worker
-comes back free) does the turn pass to
-another worker, which then receives the next message.  A handler that
+(the loop gets control back while it runs: a callback the worker scheduled,
+one per loop pass, then finds it busy; or another worker comes back free)
+does the turn pass to another worker, which then receives the next message.  A handler that
 finishes without waiting therefore costs no task switch at all, and with
 ``concurrency=1`` the single worker simply loops.  Handlers start in receive order, since the next receive happens
 only after the previous handler has started; ``Subscriber`` relies on it.
 
 The package: ``loop.py`` has ``Consumer`` itself (its settings, ``start`` and
-``stop``, the worker loop, reconnects); ``turns.py`` the two small pieces the
-workers take turns with (``_Rest``, ``_Worker``); ``dead_letter.py`` what
+``stop``, the worker loop, reconnects); ``turns.py`` what the
+workers take turns as (``_Worker``); ``dead_letter.py`` what
 becomes of a message that fails (nack, or dead-letter), a mixin of
 ``Consumer``, so that the loop calls it as its own methods.
 """

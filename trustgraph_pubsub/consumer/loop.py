@@ -3,9 +3,10 @@
 The behaviour, and how the workers take turns at the backend consumer so that
 a message costs no task of its own, are described in the package docstring
 (``trustgraph_pubsub.consumer``).  The hot path is ``_work``: every message
-goes through it inline, so keep calls and lookups per message out of it
-(with ``concurrency > 1`` the worker runs a handler's first step itself and
-wraps the rest in ``_Rest`` only if it suspends).
+goes through it inline, so keep calls and lookups per message out of it.
+A backend consumer that has them (``NowaitConsumer``) is read and acked with
+plain calls; ``receive`` and ``acknowledge`` are awaited only when it holds
+nothing, or has no such calls.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from types import CoroutineType
 from typing import Any, cast
 
 from .. import naming
@@ -34,7 +34,7 @@ from ..metrics import Metrics, default_metrics
 from ..producer import Producer
 from ..retry import Backoff, retry
 from .dead_letter import _DeadLettering
-from .turns import _Rest, _Worker
+from .turns import _Worker
 
 #: the package's logger, ``trustgraph_pubsub.consumer``: one name for the consumer's records
 log = logging.getLogger(__package__)
@@ -277,10 +277,16 @@ class Consumer(Lifecycle, _DeadLettering):
         """Take the turn, receive, run the handler inline; until stopped."""
         loop = asyncio.get_running_loop()
         handoff = self.concurrency > 1
+        call_soon, nudge = loop.call_soon, self._nudge
         handler = self.handler
         m = self._m
         task = asyncio.current_task()
         streak = 0
+        # The backend consumer's plain calls, where it has them (``NowaitConsumer``):
+        # looked up again only when a reconnect replaced it.
+        known: BackendConsumer | None = None
+        take: Callable[[], Message | None] | None = None
+        ack_now: Callable[[Message], None] | None = None
         try:
             while not self._stopping:
                 turn = self._turn
@@ -300,8 +306,14 @@ class Consumer(Lifecycle, _DeadLettering):
                     continue  # stop() may have come meanwhile
                 bc = self._bc
                 assert bc is not None
+                if bc is not known:
+                    known = bc
+                    take = getattr(bc, "receive_nowait", None)
+                    ack_now = getattr(bc, "acknowledge_nowait", None)
                 try:
-                    msg = await bc.receive()
+                    msg = take() if take is not None else None
+                    if msg is None:
+                        msg = await bc.receive()
                 except PubSubTimeoutError:
                     # No timeout was asked for, but a backend may time out a long poll.
                     continue
@@ -326,22 +338,12 @@ class Consumer(Lifecycle, _DeadLettering):
                         continue
                     try:
                         pending = handler(msg)
-                        if not handoff:
-                            await pending
-                        elif type(pending) is CoroutineType:
-                            # Its first step here; the turn passes on only if it waits.
-                            try:
-                                signal = pending.send(None)
-                            except StopIteration:
-                                pass
-                            else:
-                                self._suspended()
-                                await _Rest(pending, signal)
-                        else:
-                            if not self._nudge_pending:
-                                self._nudge_pending = True
-                                loop.call_soon(self._nudge)
-                            await pending
+                        if handoff and not self._nudge_pending:
+                            # Should the handler wait, the loop runs this then, and
+                            # the turn passes on; one per loop pass is enough.
+                            self._nudge_pending = True
+                            call_soon(nudge)
+                        await pending
                     except Exception as exc:
                         m.latency(_clock() - started)
                         await self._failed(bc, msg, exc)
@@ -355,7 +357,10 @@ class Consumer(Lifecycle, _DeadLettering):
                         await self._failed(bc, msg, exc)
                         continue
                     m.latency(_clock() - started)
-                    await bc.acknowledge(msg)
+                    if ack_now is not None:
+                        ack_now(msg)
+                    else:
+                        await bc.acknowledge(msg)
                 except (BrokerConnectionError, ClosedError) as exc:
                     # The consumer this message came from is gone; the broker redelivers it.
                     log.debug(
@@ -380,8 +385,8 @@ class Consumer(Lifecycle, _DeadLettering):
             self._pass_turn()
 
     def _nudge(self) -> None:
-        """For a handler that returns a non-coroutine awaitable: once the loop is
-        free, a holder still in its handler gives up the turn."""
+        """Run by the loop, so every worker is suspended: a holder still in its
+        handler is waiting, and gives up the turn."""
         self._nudge_pending = False
         self._suspended()
 

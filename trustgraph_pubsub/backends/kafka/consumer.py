@@ -19,6 +19,7 @@ import dataclasses
 import logging
 from collections import deque
 from collections.abc import AsyncIterator
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer
@@ -400,7 +401,8 @@ class KafkaConsumer:
 
     # -- receiving -----------------------------------------------------------
 
-    def _pop(self) -> BaseMessage | None:
+    def receive_nowait(self) -> BaseMessage | None:
+        """The next fetched record still due, or None (``NowaitConsumer``)."""
         buf = self._buffer
         while buf:
             p, rec = buf.popleft()
@@ -419,15 +421,14 @@ class KafkaConsumer:
             else:
                 continue  # acked or still being handled: not nacked, not again
             headers = rec.headers
-            props = (
-                {k: (v or b"").decode("utf-8", "replace") for k, v in headers} if headers else {}
+            props = (  # (None: no properties, and no dict made per message)
+                {k: (v or b"").decode("utf-8", "replace") for k, v in headers} if headers else None
             )
-            value = rec.value if rec.value is not None else b""
-            return BaseMessage(value, props, self.topic, self._schema, count, (p, off))
+            return BaseMessage(rec.value or b"", props, self.topic, self._schema, count, (p, off))
         return None
 
     async def receive(self, timeout: float | None = None) -> Message:  # noqa: ASYNC109
-        msg = self._pop()
+        msg = self.receive_nowait()
         if msg is not None:
             return msg
         if self._closed:
@@ -436,7 +437,7 @@ class KafkaConsumer:
             async with asyncio.timeout(timeout) as cm:
                 while True:
                     async with self._fetch_lock:
-                        msg = self._pop()
+                        msg = self.receive_nowait()
                         if msg is not None:
                             return msg
                         await self._fetch()
@@ -461,7 +462,7 @@ class KafkaConsumer:
             p = parts.get(tp)
             if p is None:
                 continue
-            self._buffer.extend((p, rec) for rec in records)
+            self._buffer.extend(zip(repeat(p), records))
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return iterate_messages(self)
@@ -477,6 +478,10 @@ class KafkaConsumer:
         return handle
 
     async def acknowledge(self, message: Message) -> None:
+        self.acknowledge_nowait(message)
+
+    def acknowledge_nowait(self, message: Message) -> None:
+        """``acknowledge`` as a plain call (``NowaitConsumer``): it only marks the offset."""
         try:  # the hot path: no type checks unless the handle is not ours
             p, off = message.handle  # type: ignore[attr-defined]
             pending = p.pending

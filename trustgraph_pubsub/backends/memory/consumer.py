@@ -130,18 +130,27 @@ class MemoryConsumer:
             e.data, dict(e.properties), self.topic, self._schema, delivery.redeliveries, delivery
         )
 
+    def receive_nowait(self) -> BaseMessage | None:
+        """The next message of the receive queue, or None (``NowaitConsumer``)."""
+        if not self._inbox or self._error is not None:
+            return None
+        sub = self._sub
+        assert sub is not None
+        delivery = self._inbox.popleft()
+        self.track(delivery)
+        sub.dispatch()  # room in the receive queue: the next in turn
+        return self._message(delivery)
+
     async def receive(self, timeout: float | None = None) -> BaseMessage:  # noqa: ASYNC109 (contract)
         sub = self._check()
         if self._inbox:
             # Yield (now and then) before taking the message, never after: a
             # receive cancelled while it yields must not hold a message.
             await self._pacer.tick()
+            msg = self.receive_nowait()
+            if msg is not None:
+                return msg
             sub = self._check()
-            if self._inbox:
-                delivery = self._inbox.popleft()
-                self.track(delivery)
-                sub.dispatch()  # room in the receive queue: the next in turn
-                return self._message(delivery)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[_Delivery] = loop.create_future()
         self._waiters.append(fut)
@@ -192,6 +201,10 @@ class MemoryConsumer:
         return handle
 
     async def acknowledge(self, message: Any) -> None:
+        self.acknowledge_nowait(message)
+
+    def acknowledge_nowait(self, message: Any) -> None:
+        """``acknowledge`` as a plain call (``NowaitConsumer``)."""
         delivery = self._delivery(message)
         self._check()
         self._unacked.pop(id(delivery), None)

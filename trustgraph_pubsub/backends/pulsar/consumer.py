@@ -144,6 +144,20 @@ class PulsarConsumer:
     def _message(self, raw: Any) -> BaseMessage:
         return _PulsarMessage(raw.data(), None, self.topic, self._schema, raw.redelivery_count(), raw)
 
+    def receive_nowait(self) -> BaseMessage | None:
+        """A message the client already holds, or None; never waits (``NowaitConsumer``)."""
+        if self._buffer:
+            return self._message(self._buffer.popleft())
+        if self._backlog and not self._waiters and not self._pending and not self._closed:
+            # As in ``receive``: ``receive(0)`` only while messages are known to be queued.
+            try:
+                raw = self._raw.receive(0)
+            except _pulsar.PulsarException:
+                self._backlog = False
+                return None
+            return self._message(raw)
+        return None
+
     async def receive(self, timeout: float | None = None) -> BaseMessage:  # noqa: ASYNC109 (contract)
         if not self._buffer and not self._waiters and not self._pending:
             self._check()
@@ -233,6 +247,14 @@ class PulsarConsumer:
 
     async def acknowledge(self, message: Any) -> None:
         """Acknowledge this message only; the client sends acks grouped, in the background."""
+        self.acknowledge_nowait(message)
+        self._calls += 1
+        if self._calls >= _YIELD_EVERY:
+            self._calls = 0
+            await asyncio.sleep(0)
+
+    def acknowledge_nowait(self, message: Any) -> None:
+        """``acknowledge`` without the coroutine: the client's ack never waits."""
         if self._closed or self._error is not None:
             self._check()
         # The result is not needed: a failed ack only means a redelivery
@@ -243,10 +265,6 @@ class PulsarConsumer:
             self._handle(message)  # raises the TypeError that names the problem
             raise
         self._last_ack = _monotonic()
-        self._calls += 1
-        if self._calls >= _YIELD_EVERY:
-            self._calls = 0
-            await asyncio.sleep(0)
 
     async def negative_acknowledge(self, message: Any) -> None:
         """Redeliver this message after the backend's ``nack_delay_ms``."""
