@@ -82,9 +82,7 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
     async def on_push(msg: Message) -> None:
         pushes.append(msg.value())
 
-    out: dict[str, Any] = {"flows": flows, "processors": STAGES}
-    async with Consumer(backend(), config_push_queue, f"cp-bench-{tag}", ConfigPush, on_push,
-                        ephemeral=True), FlowClient(backend(), timeout=300) as client:
+    async def measure(client: FlowClient) -> None:
         await client.wait_until_up(60)
         await client.put_blueprint("bench", "twenty", blueprint(tag))
         await asyncio.sleep(0.5)
@@ -93,6 +91,7 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
             fid = f"f{i}"
             before_p, before_r = len(pushes), svc.requests.copy()
             t0 = time.perf_counter()
+            running.add(fid)
             await client.start_flow("bench", fid, "twenty")
             await wait_for(lambda fid=fid: all(("bench", fid) in s.flows for s in stages))
             start_times.append(time.perf_counter() - t0)
@@ -106,6 +105,7 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
             before_p = len(pushes)
             t0 = time.perf_counter()
             await client.stop_flow("bench", fid)
+            running.discard(fid)
             await wait_for(lambda fid=fid: not any(("bench", fid) in s.flows for s in stages))
             stop_times.append(time.perf_counter() - t0)
             await asyncio.sleep(0.3)
@@ -120,20 +120,38 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
             "stop_seconds": stop_times,
             "release_wait_s": fsvc.release_wait,
         })
-    for s in stages:
-        await s.stop()
-    await fsvc.stop()
-    await svc.stop()
-    # The services' subscriptions are this run's own: on a broker that outlives
-    # the run (RabbitMQ), a durable queue left bound to the request topic would
-    # collect a copy of every config or flow request anyone sends, for good.
-    for topic, sub in ((svc.request_topic, svc.subscription), (fsvc.request_topic, fsvc.subscription)):
-        try:
-            await shared.delete_queue(topic, sub)
-        except PubSubError as exc:
-            logging.warning("could not delete subscription %r of %s: %s", sub, topic, exc)
-    for b in backends:
-        await b.close()
+
+    out: dict[str, Any] = {"flows": flows, "processors": STAGES}
+    running: set[str] = set()
+    try:
+        async with Consumer(backend(), config_push_queue, f"cp-bench-{tag}", ConfigPush, on_push,
+                            ephemeral=True), FlowClient(backend(), timeout=300) as client:
+            try:
+                await measure(client)
+            finally:
+                # A run that failed half-way stops the flows it started: on a broker
+                # that outlives the run, their queues would stay behind.
+                for fid in sorted(running):
+                    try:
+                        await client.stop_flow("bench", fid)
+                    except Exception as exc:
+                        logging.warning("could not stop flow bench/%s: %s", fid, exc)
+    finally:
+        for s in stages:
+            await s.stop()
+        await fsvc.stop()
+        await svc.stop()
+        # The services' subscriptions are this run's own: on a broker that outlives
+        # the run (RabbitMQ), a durable queue left bound to the request topic would
+        # collect a copy of every config or flow request anyone sends, for good.
+        for topic, sub in ((svc.request_topic, svc.subscription),
+                           (fsvc.request_topic, fsvc.subscription)):
+            try:
+                await shared.delete_queue(topic, sub)
+            except PubSubError as exc:
+                logging.warning("could not delete subscription %r of %s: %s", sub, topic, exc)
+        for b in backends:
+            await b.close()
     return out
 
 

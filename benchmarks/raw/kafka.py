@@ -2,8 +2,10 @@
 
 * produce: ``send`` (enqueue) x N, then gather the delivery futures
   (``acks=all``, ``linger_ms=0`` as the backend uses);
-* consume: one group consumer per consumer, ``getmany`` batches,
-  auto-commit in the background (no broker round trip per message);
+* consume: one group consumer per consumer, ``getmany`` batches, each
+  committed once handled (aiokafka's at-least-once way, the SDK's guarantee:
+  auto-commit would commit records fetched but not yet handled, so a crash
+  could lose them; one round trip per batch, not per message);
 * rr: one producer, a responder consumer, a caller consumer, replies
   matched by an ``id`` header;
 * paced: ``send`` without awaiting the delivery, a ``getmany`` loop timing
@@ -40,10 +42,11 @@ class Raw:
         return AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=0,
                                 max_request_size=2 * 1024 * 1024)
 
-    def consumer(self, native: str, group: str, offset: str = "earliest") -> AIOKafkaConsumer:
+    def consumer(self, native: str, group: str, offset: str = "earliest",
+                 auto_commit: bool = True) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(native, bootstrap_servers=self.bootstrap, group_id=group,
                                 auto_offset_reset=offset, fetch_max_wait_ms=self.fetch_wait,
-                                heartbeat_interval_ms=500)
+                                heartbeat_interval_ms=500, enable_auto_commit=auto_commit)
 
     async def produce(self, topic: str, n: int) -> float:
         native = naming.kafka_topic(topic)
@@ -68,11 +71,13 @@ class Raw:
                 for rec in records:
                     p = codec.decode(Payload, rec.value)
                     seen.add(p.n, p.t if paced else 0.0)
+            if batch:
+                await cons.commit()
 
     async def consume(self, topic: str, sub: str, n: int, consumers: int) -> tuple[float, int, int]:
         native, group = naming.kafka_topic(topic), naming.kafka_group(topic, sub)
         seen = Seen(n)
-        members = [self.consumer(native, group) for _ in range(consumers)]
+        members = [self.consumer(native, group, auto_commit=False) for _ in range(consumers)]
         await asyncio.gather(*(c.start() for c in members))
         try:
             await asyncio.wait_for(asyncio.gather(*(self._drain(c, seen, False) for c in members)), 300)
@@ -149,7 +154,7 @@ class Raw:
     async def paced(self, topic: str, sub: str, rate: float, seconds: float) -> list[float]:
         native, group = naming.kafka_topic(topic), naming.kafka_group(topic, sub)
         seen = Seen(max(1, int(rate * seconds)))
-        cons = self.consumer(native, group)
+        cons = self.consumer(native, group, auto_commit=False)
         await cons.start()
         drain = asyncio.create_task(self._drain(cons, seen, True))
         try:
