@@ -287,8 +287,11 @@ async def _forget_stale_requests(config_keys: dict[str, Any]) -> None:
     backend = get_pubsub(**config_keys)
     try:
         for svc in (ConfigService, FlowService):
-            with contextlib.suppress(PubSubError):
+            try:
                 await backend.delete_queue(svc.request_topic, svc.subscription)
+            except PubSubError as exc:
+                # Not fatal: the run goes on, but old requests may reach it.
+                print(f"could not clear old requests for {svc.subscription}: {exc}", flush=True)
     finally:
         await backend.close()
 

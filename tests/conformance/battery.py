@@ -223,36 +223,50 @@ class ReceiveWatch:
 
     ``receiving`` is set while a ``receive`` of a consumer made through this
     wrapper is waiting, so a case can wait for a ``Consumer`` to be idle in
-    ``receive`` instead of sleeping and hoping.  Everything else is the
-    backend's own: this only observes, it changes no broker behaviour.
+    ``receive`` instead of sleeping and hoping.  ``awaited`` counts the
+    ``receive`` and ``acknowledge`` coroutines its consumers ran.  With
+    ``nowait=False`` they hide their plain calls (``NowaitConsumer``), as a
+    backend without them would.  Everything else is the backend's own: this
+    only observes, it changes no broker behaviour.
     """
 
-    def __init__(self, backend: PubSubBackend) -> None:
+    def __init__(self, backend: PubSubBackend, *, nowait: bool = True) -> None:
         self._backend = backend
+        self._nowait = nowait
         self.receiving = asyncio.Event()
+        self.awaited: Counter[str] = Counter()
 
     def __getattr__(self, attr: str) -> Any:
         return getattr(self._backend, attr)
 
     async def create_consumer(self, *args: Any, **kwargs: Any) -> BackendConsumer:
         inner = await self._backend.create_consumer(*args, **kwargs)
-        return cast(BackendConsumer, _WatchedConsumer(inner, self.receiving))
+        return cast(BackendConsumer, _WatchedConsumer(inner, self))
 
 
 class _WatchedConsumer:
-    def __init__(self, inner: BackendConsumer, receiving: asyncio.Event) -> None:
+    _PLAIN = frozenset({"receive_nowait", "acknowledge_nowait"})
+
+    def __init__(self, inner: BackendConsumer, watch: ReceiveWatch) -> None:
         self._inner = inner
-        self._receiving = receiving
+        self._watch = watch
 
     def __getattr__(self, attr: str) -> Any:
+        if attr in self._PLAIN and not self._watch._nowait:
+            raise AttributeError(attr)
         return getattr(self._inner, attr)
 
     async def receive(self, timeout: float | None = None) -> Message:  # noqa: ASYNC109 (contract)
-        self._receiving.set()
+        self._watch.awaited["receive"] += 1
+        self._watch.receiving.set()
         try:
             return await self._inner.receive(timeout)
         finally:
-            self._receiving.clear()
+            self._watch.receiving.clear()
+
+    async def acknowledge(self, message: Message) -> None:
+        self._watch.awaited["acknowledge"] += 1
+        await self._inner.acknowledge(message)
 
 
 def missing_text(missing: set[int], total: int) -> str:
@@ -1311,6 +1325,51 @@ class Battery:
         for secret in secrets:
             for s in shown:
                 assert secret not in s, "a secret leaked into an error message or repr"
+
+
+    # -- the Consumer's plain calls (not a CONFORMANCE.md case) -------------------
+
+    @pytest.mark.parametrize(("nowait", "concurrency"), [(True, 1), (True, 8), (False, 8)],
+                             ids=["plain-calls", "plain-calls-concurrent", "awaited"])
+    async def test_held_messages_cost_no_awaited_receive_or_ack(
+        self, backend: PubSubBackend, ctx: Ctx, nowait: bool, concurrency: int
+    ) -> None:
+        """A backend consumer with ``receive_nowait``/``acknowledge_nowait`` gives
+        ``Consumer`` held messages with no coroutine each: 300 published before it
+        starts take few awaited receives and no awaited ack.  Without them (hidden,
+        or a backend that has none) every message goes through the coroutines."""
+        from trustgraph_pubsub.consumer import Consumer
+
+        name, sub = ctx.topic("nowait"), ctx.sub("nowait")
+        first = await backend.create_consumer(name, sub, Item)  # the subscription
+        has_plain = hasattr(first, "receive_nowait") and hasattr(first, "acknowledge_nowait")
+        await first.close()
+        if nowait and not has_plain:
+            pytest.skip(f"{backend.name} consumers have no receive_nowait/acknowledge_nowait")
+        p = await ctx.producer(name)
+        for i in range(300):
+            await p.send(Item(i))
+        await p.flush()
+        handled: set[int] = set()
+        everything = asyncio.Event()
+
+        async def handle(msg: Message) -> None:
+            handled.add(msg.value().n)
+            if len(handled) == 300:
+                everything.set()
+
+        watched = ReceiveWatch(backend, nowait=nowait)
+        c = Consumer(cast(PubSubBackend, watched), name, sub, Item, handle, concurrency=concurrency)
+        await c.start()
+        ctx.defer(c.stop)
+        assert await wait_event(everything, WAIT), missing_text(set(range(300)) - handled, 300)
+        await c.stop()
+        if nowait:
+            assert watched.awaited["acknowledge"] == 0, watched.awaited
+            assert watched.awaited["receive"] <= 75, watched.awaited
+        else:
+            assert watched.awaited["acknowledge"] >= 300, watched.awaited
+            assert watched.awaited["receive"] >= 300, watched.awaited
 
 
 def _mentions(text: str, value: Any) -> bool:

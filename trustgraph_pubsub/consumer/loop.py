@@ -378,17 +378,13 @@ class Consumer(Lifecycle, _DeadLettering):
             if self._turn is me:
                 self._pass_turn()
 
-    def _suspended(self) -> None:
-        """A handler waits: if the turn's holder is in its handler, it gives up the turn."""
-        holder = self._turn
-        if holder is not None and holder.busy:
-            self._pass_turn()
-
     def _nudge(self) -> None:
         """Run by the loop, so every worker is suspended: a holder still in its
         handler is waiting, and gives up the turn."""
         self._nudge_pending = False
-        self._suspended()
+        holder = self._turn
+        if holder is not None and holder.busy:
+            self._pass_turn()
 
     def _pass_turn(self) -> None:
         idle = self._idle
