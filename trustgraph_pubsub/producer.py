@@ -19,7 +19,9 @@ raised to the caller with the count in its text and the messages in its
 by a ``DeliveryError`` carrying their number.
 
 Messages are encoded here and the backend producer carries bytes, so that a
-message kept for resending needs no schema.
+message kept for resending needs no schema.  Where the backend producer can
+take a message with a plain call (``NowaitProducer``, Pulsar), ``send`` tries
+that first and awaits the backend only when it declines.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .backend import BackendProducer, PubSubBackend, encode_payload
@@ -67,6 +69,8 @@ class Producer(Lifecycle):
         self._backoff = backoff or Backoff(base=0.05, cap=2.0)
         self._opts = opts
         self._bp: BackendProducer | None = None
+        #: ``_bp``'s plain send (``NowaitProducer``), if it has one; set and cleared with it
+        self._nowait: Callable[[bytes, Mapping[str, str] | None, str | None], bool] | None = None
         #: messages a failed backend producer left unconfirmed, to send again first
         self._resend: deque[Outgoing] = deque()
         self._lock = asyncio.Lock()
@@ -92,14 +96,19 @@ class Producer(Lifecycle):
         async with self._lock:
             if self._closed:
                 raise ClosedError(f"producer for {self.topic} is closed")
-            if self._bp is None:
-                fresh = await self.backend.create_producer(self.topic, None, **self._opts)
+            bp = self._bp
+            if bp is None:
+                bp = await self.backend.create_producer(self.topic, None, **self._opts)
                 if self._resend:
                     # Published before anyone else may use it, so the old
                     # messages keep their place ahead of new ones.
-                    await self._replay(fresh)
-                self._bp = fresh
-            return self._bp
+                    await self._replay(bp)
+                self._use(bp)
+            return bp
+
+    def _use(self, bp: BackendProducer | None) -> None:
+        self._bp = bp
+        self._nowait = getattr(bp, "send_nowait", None)
 
     async def _replay(self, bp: BackendProducer) -> None:
         """Send what the last producer left unconfirmed, and wait for the broker's word."""
@@ -138,7 +147,7 @@ class Producer(Lifecycle):
         if exc is not None:
             self._salvage(exc)
         if self._bp is bp:
-            self._bp = None
+            self._use(None)
             try:
                 await bp.close()
             except PubSubError as cexc:
@@ -184,6 +193,10 @@ class Producer(Lifecycle):
         data = encode_payload(self.schema, message, self.topic)
         bp = self._bp
         if bp is not None:
+            nowait = self._nowait
+            if nowait is not None and nowait(data, properties, key):
+                self._metrics.sent()
+                return
             try:
                 await self._on(bp, data, properties, key)
                 self._metrics.sent()
@@ -253,7 +266,8 @@ class Producer(Lifecycle):
             failure = None
         self._closed = True
         async with self._lock:
-            bp, self._bp = self._bp, None
+            bp = self._bp
+            self._use(None)
         if bp is not None:
             try:
                 await bp.close()

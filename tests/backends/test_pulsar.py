@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import statistics
+import threading
 import time
 import uuid
 from collections import Counter
@@ -621,6 +622,9 @@ class TestPulsarBackend:
             def flush_async(self, callback: Any) -> None:
                 callback(self.result)
 
+            def last_sequence_id(self) -> int:
+                return -1  # nothing confirmed
+
         backend = PulsarBackend(host="pulsar://127.0.0.1:1")
         for result, expected, retried in (
             (pb._R.Timeout, ConnectionLostError, True),
@@ -637,6 +641,63 @@ class TestPulsarBackend:
             assert type(err.value) is expected, (result, err.value)
             assert isinstance(err.value, BrokerConnectionError) is retried, (result, err.value)
             assert "may not have reached the broker" in str(err.value)
+            p._closed = True  # nothing to close: no client behind it
+
+    async def test_confirmations_are_read_from_the_sequence_id_until_a_failure(self) -> None:
+        """Sends the client reports confirmed by ``last_sequence_id`` are let go of
+        with no flush; once a flush hears a failure (on the client's thread), a
+        later number that runs past the failed messages credits nothing, and the
+        failure hands every kept message back, properties and keys included."""
+
+        class FakeClientProducer:
+            def __init__(self) -> None:
+                self.last = 41  # what the broker reported for this producer name
+                self.flushes: list[Any] = []
+                self.sent = 0
+
+            def send_async(self, msg: Any, callback: Any) -> None:
+                self.sent += 1
+
+            def flush_async(self, callback: Any) -> None:
+                self.flushes.append(callback)
+
+            def last_sequence_id(self) -> int:
+                return self.last
+
+        backend = PulsarBackend(host="pulsar://127.0.0.1:1")
+        client = FakeClientProducer()
+        raw = type("Handle", (), {"_producer": client})()
+        p = PulsarProducer(backend, "t", "persistent://t/ns/t", None, raw, confirm=False,
+                           max_payload=None, window=100, window_bytes=1 << 20, batch_bytes=None)
+        try:
+            for i in range(5):
+                await p.send(b"m%d" % i)
+            client.last = 41 + 3
+            p._poll()
+            assert (p._flushed, len(p._unconfirmed), len(p._ends)) == (3, 2, 2)
+            assert p._flushed_bytes == 6
+            client.last = 41 + 5
+            await p.flush()  # all confirmed by number: no flush needed
+            assert client.flushes == [] and not p._unconfirmed
+
+            await p.send(b"a", {"k": "v"})
+            await p.send(b"b", key="key")
+            await p.send(b"c")
+            p._watch()  # the watch flush now covers the three
+            assert len(client.flushes) == 1
+            failed = threading.Thread(target=client.flushes[0], args=(pb._R.Timeout,))
+            failed.start()
+            failed.join()  # the client failed them; its thread heard it first
+            client.last = 41 + 9  # a later message confirmed: numbered past the failed ones
+            p._poll()
+            assert p._flushed == 5, "a number past a heard failure was credited"
+            await asyncio.sleep(0.05)  # the watch's failure reaches the loop
+            with pytest.raises(ConnectionLostError) as err:
+                await p.send(b"d")
+            assert err.value.unconfirmed == (
+                (b"a", {"k": "v"}, None), (b"b", None, "key"), (b"c", None, None)
+            )
+        finally:
             p._closed = True  # nothing to close: no client behind it
 
     # -- queue lifecycle without the admin API -------------------------------------------

@@ -269,6 +269,39 @@ class _WatchedConsumer:
         await self._inner.acknowledge(message)
 
 
+class SendWatch:
+    """The real backend, with its producers' awaited ``send`` calls counted
+    (``awaited``).  With ``nowait=False`` they hide their plain call
+    (``NowaitProducer``), as a backend without one would.  It only observes."""
+
+    def __init__(self, backend: PubSubBackend, *, nowait: bool = True) -> None:
+        self._backend = backend
+        self._nowait = nowait
+        self.awaited = 0
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._backend, attr)
+
+    async def create_producer(self, *args: Any, **kwargs: Any) -> BackendProducer:
+        inner = await self._backend.create_producer(*args, **kwargs)
+        return cast(BackendProducer, _WatchedProducer(inner, self))
+
+
+class _WatchedProducer:
+    def __init__(self, inner: BackendProducer, watch: SendWatch) -> None:
+        self._inner = inner
+        self._watch = watch
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr == "send_nowait" and not self._watch._nowait:
+            raise AttributeError(attr)
+        return getattr(self._inner, attr)
+
+    async def send(self, *args: Any, **kwargs: Any) -> None:
+        self._watch.awaited += 1
+        await self._inner.send(*args, **kwargs)
+
+
 def missing_text(missing: set[int], total: int) -> str:
     shown = sorted(missing)[:20]
     return f"{len(missing)} of {total} never arrived (first: {shown})"
@@ -1370,6 +1403,65 @@ class Battery:
         else:
             assert watched.awaited["acknowledge"] >= 300, watched.awaited
             assert watched.awaited["receive"] >= 300, watched.awaited
+
+
+    # -- the Producer's plain call (not a CONFORMANCE.md case) -------------------
+
+    @pytest.mark.parametrize("nowait", [True, False], ids=["plain-call", "awaited"])
+    async def test_sends_cost_few_awaited_backend_sends(
+        self, backend: PubSubBackend, ctx: Ctx, nowait: bool
+    ) -> None:
+        """A backend producer with ``send_nowait`` takes ``Producer.send``'s messages
+        with no coroutine each: 640 sends await the backend's ``send`` only when
+        it declines (a yield to the loop is due every 64 calls), and another task
+        still gets its turns.  Without it (hidden, or a backend that has none)
+        every send is awaited.  Either way every message arrives with its
+        properties; keys and no keys, properties and none, take both paths."""
+        from trustgraph_pubsub.producer import Producer
+
+        name = ctx.topic("send-nowait")
+        c = await ctx.consumer(name, ctx.sub("send-nowait"))
+        first = await ctx.producer(name)
+        has_plain = hasattr(first, "send_nowait")
+        if nowait and not has_plain:
+            pytest.skip(f"{backend.name} producers have no send_nowait")
+        watched = SendWatch(backend, nowait=nowait)
+        p = Producer(cast(PubSubBackend, watched), name, Item)
+        ctx.defer(p.close)
+        turns, stop = 0, False
+
+        async def other_task() -> None:
+            nonlocal turns
+            while not stop:
+                turns += 1
+                await asyncio.sleep(0)
+
+        other = asyncio.create_task(other_task())
+        await p.start()
+        await asyncio.sleep(0)
+        turns = 0
+        for i in range(640):
+            props = {"n": str(i)} if i % 2 else None
+            await p.send(Item(n=i), props, key=f"k{i % 3}" if i % 3 == 0 else None)
+        sending_turns = turns
+        await p.flush()
+        stop = True
+        await other
+        got: dict[int, Message] = {}
+        deadline = time.monotonic() + WAIT
+        while len(got) < 640 and time.monotonic() < deadline:
+            msg = await recv(c, 1.0)
+            if msg is not None:
+                got[msg.value().n] = msg
+                await c.acknowledge(msg)
+        assert len(got) == 640, missing_text(set(range(640)) - set(got), 640)
+        for i, msg in got.items():
+            assert msg.properties() == ({"n": str(i)} if i % 2 else {}), f"message {i}"
+        if nowait:
+            assert watched.awaited <= 40, watched.awaited
+        else:
+            assert watched.awaited >= 640, watched.awaited
+        assert sending_turns >= 9, sending_turns
 
 
 def _mentions(text: str, value: Any) -> bool:

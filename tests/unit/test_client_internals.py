@@ -130,6 +130,16 @@ def test_pulsar_asyncio_wrappers_keep_the_raw_handles() -> None:
     )
 
 
+def test_pulsar_producer_reads_confirmations_without_a_callback() -> None:
+    import _pulsar  # type: ignore[import-not-found]
+
+    fn = getattr(_pulsar.Producer, "last_sequence_id", None)
+    assert callable(fn), _pulsar_broken(
+        "_pulsar.Producer.last_sequence_id",
+        "to read how far the broker confirmed pipelined sends (PulsarProducer._poll)",
+    )
+
+
 @pytest.mark.parametrize(
     ("cls", "method", "takes_message", "purpose"),
     [

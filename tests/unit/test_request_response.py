@@ -41,7 +41,7 @@ def topics() -> tuple[str, str]:
 
 class RecordingBackend(MemoryBackend):
     """Records producer options, to check that request traffic is latency-bound,
-    and the key of every send per topic."""
+    and the key of every send per topic (awaited or plain)."""
 
     def __init__(self, hub: MemoryHub) -> None:
         super().__init__(hub)
@@ -58,6 +58,15 @@ class RecordingBackend(MemoryBackend):
             await send(message, properties, key=key)
 
         producer.send = recording  # type: ignore[method-assign]
+        send_nowait = producer.send_nowait
+
+        def recording_nowait(data: bytes, properties: Any, key: str | None) -> bool:
+            sent = send_nowait(data, properties, key)
+            if sent:
+                keys.append(key)
+            return sent
+
+        producer.send_nowait = recording_nowait  # type: ignore[method-assign]
         return producer
 
 

@@ -57,3 +57,11 @@ class _Pacer:
         if self._n >= _YIELD_EVERY:
             self._n = 0
             await asyncio.sleep(0)
+
+    def skip(self) -> bool:
+        """Count a call that does not yield, unless it is the one due to: then
+        False, and the caller awaits ``tick`` instead."""
+        if self._n + 1 >= _YIELD_EVERY:
+            return False
+        self._n += 1
+        return True

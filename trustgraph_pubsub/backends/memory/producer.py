@@ -40,7 +40,20 @@ class MemoryProducer:
         key: str | None = None,
     ) -> None:
         self._check()
-        data = encode_payload(self._schema, message, self.topic)
+        self._put(encode_payload(self._schema, message, self.topic), properties, key)
+        await self._pacer.tick()
+
+    def send_nowait(
+        self, data: bytes, properties: Mapping[str, str] | None = None, key: str | None = None
+    ) -> bool:
+        """``send`` of encoded ``data`` as a plain call (``NowaitProducer``);
+        False when the producer is closed or a yield to the loop is due."""
+        if self._error is not None or not self._pacer.skip():
+            return False
+        self._put(data, properties, key)
+        return True
+
+    def _put(self, data: bytes, properties: Mapping[str, str] | None, key: str | None) -> None:
         props = check_properties(properties, self.topic)
         limit = self._hub.max_message_size
         if len(data) > limit:
@@ -53,7 +66,6 @@ class MemoryProducer:
         # their length, ten times a 1 KiB message, and a hub that retains
         # 100,000 messages per topic would hold gigabytes of slack.
         self._hub._publish(self._parsed, _Entry(bytes(memoryview(data)), props, key))
-        await self._pacer.tick()
 
     async def flush(self) -> None:
         self._check()

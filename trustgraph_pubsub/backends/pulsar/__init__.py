@@ -31,6 +31,14 @@ Choices where the contract leaves room, with why:
     every pending message together when the oldest outlives
     ``send_timeout_ms``, and a flush issued afterwards would succeed.
 
+  Until the broker confirms a message it is kept, to be handed back if the
+  client gives up on it.  Confirmations are read without a callback: the
+  client numbers messages in send order and ``last_sequence_id()`` gives the
+  newest one the broker confirmed, read every ``_YIELD_EVERY`` sends, when the
+  window is full and by the watch.  A failure heard by the watch (or a probe)
+  stops that reading, since the client numbers later messages past the
+  failed ones.
+
   The client keeps unconfirmed messages across a reconnect and resends them
   for ``send_timeout_ms``.  When a flush or the watch finds that it gave up,
   ``send``, ``flush`` and ``close`` raise the mapped error (``ConnectionLostError``
@@ -145,7 +153,8 @@ Private internals of pulsar-client relied on (tested with pulsar-client
 * ``_pulsar.PulsarException`` (``consumer``): what the C++ consumer's
   ``receive(0)`` raises on an empty receiver queue.
 * ``pulsar.asyncio.Producer._producer`` (``producer``): the C++ producer, for
-  ``send_async`` and ``flush_async`` with this package's own callbacks (or none).
+  ``send_async`` and ``flush_async`` with this package's own callbacks (or
+  none), and ``last_sequence_id``.
 * ``pulsar.asyncio.Consumer._consumer`` (``consumer``): the C++ consumer, for
   ``receive_async``, ``receive(0)``, ``acknowledge_async``,
   ``negative_acknowledge_async`` (pulsar-client 3.10 and later) and
@@ -154,7 +163,10 @@ Private internals of pulsar-client relied on (tested with pulsar-client
   threads, or inline on the calling thread when it can answer at once
   (``connection._LoopCallback``; ``consumer`` counts inline answers as a
   backlog); it refuses a message above the broker's limit (``MessageTooBig``)
-  inside ``send_async`` (``PulsarProducer._probe``); and it closes a batch
+  inside ``send_async`` (``PulsarProducer._probe``), before it numbers it;
+  it numbers the messages it accepts one by one in send order, and
+  ``last_sequence_id`` is the newest the broker confirmed
+  (``PulsarProducer._poll``); and it closes a batch
   holding the producer's mutex while the Python callback in it needs the GIL
   (why ``_probe`` keeps every call out of a producer until a batched probe
   is answered).

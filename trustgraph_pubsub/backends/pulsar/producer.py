@@ -1,6 +1,11 @@
 """The Pulsar producer: pipelined sends, and finding out about the ones the
 client fails without a callback per message (see "Sends are pipelined" in the
-package docstring)."""
+package docstring).
+
+Over 500 lines because it is one class whose window, probes, watch flush and
+reading of the client's sequence id all guard the same counters and kept
+messages: split up, each part would reach into the others' state.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import _pulsar  # type: ignore[import-not-found]  # pulsar-client's C extension
 
 from ...backend import check_properties, encode_payload
-from ...errors import ClosedError, MessageTooLargeError, PubSubError
+from ...errors import ClosedError, MessageTooLargeError, Outgoing, PubSubError
 from .config import _RELEASE_PAUSE, _YIELD_EVERY, WATCH_DELAY
 from .connection import _LoopCallback, _resolve, _retrieve, _settle
 from .errors import _R
@@ -22,6 +27,36 @@ if TYPE_CHECKING:
     from . import PulsarBackend
 
 log = logging.getLogger(__name__)
+
+
+def _size(data: bytes, props: dict[str, str] | None, key: str | None) -> int:
+    """A message's size as the broker counts it against ``maxMessageSize``."""
+    size = len(data)
+    if props:
+        size += sum(len(k.encode()) + len(v.encode()) + 8 for k, v in props.items())
+    if key is not None:
+        size += len(key.encode()) + 8
+    return size
+
+
+def _build(data: bytes, props: dict[str, str] | None, key: str | None) -> Any:
+    """The client's message."""
+    builder = _pulsar.MessageBuilder()
+    builder.content(data)
+    if props:
+        for k, v in props.items():
+            builder.property(k, v)
+    if key is not None:
+        builder.partition_key(key)
+    return builder.build()
+
+
+def _outgoing(kept: Any) -> Outgoing:
+    """A kept message (see ``PulsarProducer._unconfirmed``) as ``Producer`` sends it again."""
+    if type(kept) is tuple:
+        msg, props, key = kept
+        return (msg.data(), props, key)
+    return (kept.data(), None, None)
 
 
 class PulsarProducer:
@@ -61,15 +96,25 @@ class PulsarProducer:
         self._flushed_bytes = 0
         #: pipelined messages not yet confirmed, oldest first (``_sent - _flushed`` of
         #: them): a failure hands them to ``Producer`` to send again.  Each is kept
-        #: as the client's built message, whose payload the client holds at its
-        #: exact size anyway; the encoder's bytes carry kilobytes of allocation
-        #: slack (orjson), about 40 MB over a full window of 1 KiB messages.
-        self._unconfirmed: deque[tuple[Any, dict[str, str] | None, str | None]] = deque()
+        #: as the client's built message (with its properties and key, as a tuple,
+        #: when it has either), whose payload the client holds at its exact size
+        #: anyway; the encoder's bytes carry kilobytes of allocation slack (orjson),
+        #: about 80 MB over a full window of 1 KiB messages.
+        self._unconfirmed: deque[Any] = deque()
+        #: ``_sent_bytes`` as each of them was sent: the byte window's marks
+        self._ends: deque[int] = deque()
         self._window_flush: asyncio.Future[None] | None = None
         self._error: PubSubError | None = None
         self._reported = False  # whether ``_error`` has reached the caller
         self._closed = False
         self._calls = 0
+        # The client numbers the messages it accepts one by one from here (its
+        # sequence ids), and ``last_sequence_id()`` is the newest the broker
+        # confirmed: see ``_poll``.
+        self._seq0: int = self._raw.last_sequence_id()
+        #: set on the client's thread by a flush or probe callback that reports a
+        #: failure: from then on ``_poll`` credits nothing
+        self._alarm = False
         # The watch: one background flush while sends are unconfirmed (see ``_watch``).
         self._watch_timer: asyncio.TimerHandle | None = None
         self._watching = False
@@ -113,10 +158,9 @@ class PulsarProducer:
                 f"{base}; up to {lost} message(s) sent since the last confirmed flush may not "
                 "have reached the broker"
             )
-            self._error.unconfirmed = tuple(
-                (msg.data(), props, key) for msg, props, key in self._unconfirmed
-            )
+            self._error.unconfirmed = tuple(map(_outgoing, self._unconfirmed))
             self._unconfirmed.clear()
+            self._ends.clear()
             if self._watch_timer is not None:
                 self._watch_timer.cancel()
                 self._watch_timer = None
@@ -135,10 +179,7 @@ class PulsarProducer:
             self._check()
         data = encode_payload(self._schema, message, self.topic)
         props = check_properties(properties, self.topic) if properties else None
-        size = len(data)
-        if props or key is not None:
-            size += sum(len(k.encode()) + len(v.encode()) + 8 for k, v in (props or {}).items())
-            size += 0 if key is None else len(key.encode()) + 8
+        size = len(data) if props is None and key is None else _size(data, props, key)
         if self._max_payload is not None and size > self._max_payload:
             raise MessageTooLargeError(
                 f"message of {size} bytes (payload and properties) for {self.topic} exceeds "
@@ -146,14 +187,7 @@ class PulsarProducer:
                 "16 KiB of metadata); create the producer with chunking=True, or raise "
                 "--pulsar-max-message-size together with the broker's maxMessageSize"
             )
-        builder = _pulsar.MessageBuilder()
-        builder.content(data)
-        if props:
-            for k, v in props.items():
-                builder.property(k, v)
-        if key is not None:
-            builder.partition_key(key)
-        msg = builder.build()
+        msg = _build(data, props, key)
         if self._confirm:
             fut: asyncio.Future[None] = self._loop.create_future()
             cb = self._cb
@@ -169,16 +203,13 @@ class PulsarProducer:
             await asyncio.shield(self._quiet)
         if self._closed or self._error is not None:
             self._check()
-        while (
-            self._sent - self._flushed >= self._window
-            or self._sent_bytes - self._flushed_bytes >= self._window_bytes
-        ):
+        if self._window_full():
+            self._poll()
+        while self._window_full():
             await self._flush_window()
             if self._closed or self._error is not None:
                 self._check()
-        self._sent += 1
-        self._sent_bytes += size
-        self._unconfirmed.append((msg, props, key))
+        self._enter(msg, props, key, size)
         if size > self._probe_upto:
             self._probe_upto = max(self._probe_upto, self._backend._proven_size)
         if size > self._probe_upto:
@@ -193,7 +224,52 @@ class PulsarProducer:
         self._calls += 1
         if self._calls >= _YIELD_EVERY:
             self._calls = 0
+            self._poll()
             await asyncio.sleep(0)
+
+    def send_nowait(
+        self, data: bytes, properties: Mapping[str, str] | None = None, key: str | None = None
+    ) -> bool:
+        """``send`` of encoded ``data`` as a plain call (``NowaitProducer``).
+
+        False, having done nothing, when ``send`` has more to do than hand
+        the message to the client: raise a failure, confirm a q2 send, wait
+        for a probe or the window, probe a new largest size, refuse a
+        message too large, or yield (every ``_YIELD_EVERY`` calls).
+        """
+        if (
+            self._calls + 1 >= _YIELD_EVERY
+            or self._closed
+            or self._error is not None
+            or self._confirm
+            or self._quiet is not None
+            or self._window_full()
+        ):
+            return False
+        props = check_properties(properties, self.topic) if properties else None
+        size = len(data) if props is None and key is None else _size(data, props, key)
+        if size > self._probe_upto or (self._max_payload is not None and size > self._max_payload):
+            return False
+        msg = _build(data, props, key)
+        self._enter(msg, props, key, size)
+        self._raw.send_async(msg, None)
+        if self._unwatched_at is None:
+            self._note_unwatched()
+        self._calls += 1
+        return True
+
+    def _window_full(self) -> bool:
+        return (
+            self._sent - self._flushed >= self._window
+            or self._sent_bytes - self._flushed_bytes >= self._window_bytes
+        )
+
+    def _enter(self, msg: Any, props: dict[str, str] | None, key: str | None, size: int) -> None:
+        """Count a message into the window, and keep it until the broker confirms it."""
+        self._sent += 1
+        self._sent_bytes += size
+        self._unconfirmed.append(msg if props is None and key is None else (msg, props, key))
+        self._ends.append(self._sent_bytes)
 
     # -- finding out about failed sends without a callback per message --------
 
@@ -229,9 +305,13 @@ class PulsarProducer:
             self._probed(result, size)
             _resolve(answered, result)
 
+        def heard(result: Any, _id: Any) -> None:
+            self._heard(result)
+            cb.call(probed, result)
+
         self._in_send = True
         try:
-            self._raw.send_async(msg, lambda result, _id: cb.call(probed, result))
+            self._raw.send_async(msg, heard)
         finally:
             self._in_send = False
         result, self._refused = self._refused, None
@@ -260,6 +340,7 @@ class PulsarProducer:
             self._sent -= 1
             self._sent_bytes -= size
             self._unconfirmed.pop()
+            self._ends.pop()
             self._probe_upto = previous
             raise self._backend._client_error(result, f"send to {self.topic}", after_connect=True)
         self._reported = True
@@ -297,23 +378,29 @@ class PulsarProducer:
         if self._quiet is not None:  # see _probe: no client call until it is answered
             self._watch_timer = self._loop.call_later(WATCH_DELAY, self._watch)
             return
+        self._poll()
         if self._sent == self._flushed:
             self._unwatched_at = None
             return
-        mark, mark_bytes = self._sent, self._sent_bytes
+        mark = self._sent
         self._watching = True
         self._unwatched_at = None
         cb = self._cb
-        self._raw.flush_async(lambda result: cb.call(self._watched, result, mark, mark_bytes))
 
-    def _watched(self, result: Any, mark: int, mark_bytes: int) -> None:
+        def heard(result: Any) -> None:
+            self._heard(result)
+            cb.call(self._watched, result, mark)
+
+        self._raw.flush_async(heard)
+
+    def _watched(self, result: Any, mark: int) -> None:
         self._watching = False
         if self._closed:
             return
         if result != _R.Ok:
             self._fail(result, announce=True)
             return
-        self._confirmed(mark, mark_bytes)
+        self._confirmed(mark)
         if self._unwatched_at is not None and self._error is None:
             # Sends arrived meanwhile: watch them too, well before the oldest can time out.
             delay = WATCH_DELAY
@@ -322,13 +409,57 @@ class PulsarProducer:
                 delay = max(0.0, min(delay, due))
             self._watch_timer = self._loop.call_later(delay, self._watch)
 
-    def _confirmed(self, mark: int, mark_bytes: int) -> None:
+    def _confirmed(self, mark: int) -> None:
+        """The broker has the first ``mark`` messages: let go of them."""
         if mark > self._flushed:
-            done = self._unconfirmed.popleft
-            for _ in range(min(mark - self._flushed, len(self._unconfirmed))):
+            n = min(mark - self._flushed, len(self._ends))
+            if n:
+                done, end = self._unconfirmed.popleft, self._ends.popleft
+                for _ in range(n - 1):
+                    done()
+                    end()
                 done()
+                self._flushed_bytes = end()
             self._flushed = mark
-            self._flushed_bytes = mark_bytes
+
+    def _poll(self) -> None:
+        """Credit what the broker confirmed, read from the client's sequence id.
+
+        The client numbers the messages it accepts in the order they are
+        sent, from ``_seq0 + 1``, and keeps the number of the newest one the
+        broker confirmed; reading it costs no callback.  So confirmed
+        messages are let go of (and their window slots freed) while sends go
+        on, not a watch flush later: holding every message for a watch
+        interval (thousands at full rate, cold in the cache when freed) cost
+        a quarter of the publishing rate.  A message the client refuses at
+        once gets no number and is never counted here (see ``_probe``).
+
+        After a failure the client numbers new messages past the failed
+        ones, so a later confirmation would seem to cover them.  The flush
+        or probe that reports the failure runs ``_heard`` on the client's
+        thread, before the client handles anything later, and that stops
+        this for good: the number is read first and the alarm checked
+        after, so a number that covers a failure is never credited.  Each
+        message unconfirmed for ``WATCH_DELAY`` is covered by a flush (the
+        watch), so no failure goes unheard; ``_fail`` then hands back every
+        message still kept.
+        """
+        last = self._raw.last_sequence_id()
+        if self._alarm or self._error is not None:
+            return
+        done = last - self._seq0
+        if done > self._flushed:
+            self._confirmed(min(done, self._sent))
+
+    def _heard(self, result: Any) -> None:
+        """A flush or probe callback, on the client's thread: a failure stops ``_poll``.
+
+        Not for a probe refused inside ``send_async`` (``_in_send``, on the
+        loop's thread, which holds the GIL for the whole call, so no other
+        thread's callback runs meanwhile): ``_probe`` settles that one.
+        """
+        if result != _R.Ok and not self._in_send:
+            self._alarm = True
 
     # -- flushing -------------------------------------------------------------
 
@@ -350,10 +481,15 @@ class PulsarProducer:
         """Flush the client; on success every message sent before it is confirmed."""
         while self._quiet is not None:  # see _probe
             await asyncio.shield(self._quiet)
-        mark, mark_bytes = self._sent, self._sent_bytes
+        mark = self._sent
         fut: asyncio.Future[Any] = self._loop.create_future()
         cb = self._cb
-        self._raw.flush_async(lambda result: cb.call(_resolve, fut, result))
+
+        def heard(result: Any) -> None:
+            self._heard(result)
+            cb.call(_resolve, fut, result)
+
+        self._raw.flush_async(heard)
         bound = self._flush_bound()
         try:
             async with asyncio.timeout(bound):
@@ -369,7 +505,7 @@ class PulsarProducer:
             raise self._fail(result, announce=False)
         if self._error is not None:  # a probe failed while the flush was under way
             self._check()
-        self._confirmed(mark, mark_bytes)
+        self._confirmed(mark)
 
     def _flush_bound(self) -> float | None:
         """How long a flush may wait for the client: past every covered send's timeout."""
@@ -380,6 +516,8 @@ class PulsarProducer:
     async def flush(self) -> None:
         """Wait until the broker confirmed every message sent so far."""
         self._check()
+        if self._sent != self._flushed:
+            self._poll()
         if self._sent == self._flushed:
             return
         await self._flush()
