@@ -57,6 +57,10 @@ FETCH_BATCH = 500
 BATCH_BYTES = 128 * 1024
 #: producer futures kept before finished ones are swept.
 _SWEEP_AT = 4096
+#: sends that did not wait before one yields to the event loop: aiokafka's
+#: ``send`` suspends only when a partition's batch is full (``BATCH_BYTES``,
+#: thousands of small messages), and until then no other task runs.
+_YIELD_EVERY = 64
 
 
 def consumer_request_timeout_ms(request_timeout_ms: int, fetch_max_wait_ms: int, *,

@@ -16,7 +16,7 @@ from aiokafka import errors as kerr
 
 from ...backend import check_properties, encode_payload
 from ...errors import ClosedError, MessageTooLargeError, Outgoing, PubSubError
-from .config import _SWEEP_AT
+from .config import _SWEEP_AT, _YIELD_EVERY
 from .errors import _lost
 
 if TYPE_CHECKING:
@@ -54,6 +54,7 @@ class KafkaProducer:
         self._max = backend.capabilities.max_message_size
         #: delivery futures of pipelined sends, with what was sent
         self._pending: list[tuple[asyncio.Future[Any], Outgoing]] = []
+        self._calls = 0  # sends since the last yield to the loop
         #: messages whose delivery failed, not yet handed to a caller in an error
         self._failed: list[Outgoing] = []
         self._error: PubSubError | None = None
@@ -95,6 +96,10 @@ class KafkaProducer:
         self._pending.append((fut, (payload, props or None, key)))
         if len(self._pending) >= _SWEEP_AT:
             self._sweep()
+        self._calls += 1
+        if self._calls >= _YIELD_EVERY:
+            self._calls = 0
+            await asyncio.sleep(0)
 
     def _record(self, exc: BaseException, item: Outgoing) -> None:
         self._failed.append(item)
