@@ -20,8 +20,12 @@ each trial in a fresh process (``benchmarks.trial``):
    and stopped; seconds per flow, config pushes per start and stop, config
    fetches per processor.
 
-Each figure is the median of the trials (``--trials``, default 3) with its
-min-max, and the ratios SDK / raw and SDK / FastStream.  A progress bar runs
+Each figure is the median of the trials (``--trials``, default 3; Pulsar's
+short throughput trials 5) with its min-max, and the ratios SDK / raw and
+SDK / FastStream.  Throughput trials also give the process's CPU time per
+message (every thread, set-up included), which the machine's other work moves
+far less than a rate: its SDK / raw ratio is in the table too.  FastStream
+publishes and drains at most ``FASTSTREAM_N`` messages a trial.  A progress bar runs
 on stderr; the tables go to stdout; ``benchmarks/results/suite.json`` gets
 everything; ``--plot`` writes ``benchmarks/results/suite.png``.
 """
@@ -47,6 +51,15 @@ BROKERS = ("pulsar", "kafka", "rabbitmq", "mqtt")
 #: ``fetch_max_wait_ms`` (5 ms), so 10 flows took 190 s of a 900 s budget and
 #: the later flows measured mostly a saturated CPU.
 CONTROL_PLANE_FLOWS = {"kafka": 5}
+#: throughput trials per contender where the default 3 are too few: a Pulsar
+#: trial lasts about 4 s, and on 2 cores its rates moved by a third from one
+#: trial to the next, so the median of 3 moved the SDK/raw ratio by 0.15
+#: between runs of the same code.  Five cost about 20 s more.
+THROUGHPUT_TRIALS = {"pulsar": 5}
+#: FastStream's message count, where it is smaller than the broker's: it drains
+#: Kafka at 1-2k msg/s (RabbitMQ and MQTT about 2k), so 20,000 messages took
+#: 40 s a trial, a sixth of the suite's time.  5,000 still last seconds.
+FASTSTREAM_N = 5_000
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -136,14 +149,17 @@ def bench_broker(name: str, args: argparse.Namespace, progress: Progress) -> dic
     config = {"pubsub_backend": name, **broker.backend_config()}
     contenders = [c for c in CONTENDERS[name] if c in args.contenders]
     size = sizes(name, args.quick)
-    report: dict[str, Any] = {"sizes": size, "contenders": contenders}
+    report: dict[str, Any] = {"sizes": {**size, "faststream_n": min(size["n"], FASTSTREAM_N),
+                                        "throughput_trials": throughput_trials(name, args)},
+                              "contenders": contenders}
     try:
         runs: dict[str, list[dict[str, Any]]] = {c: [] for c in contenders}
-        for t in range(args.trials):
+        for t in range(throughput_trials(name, args)):
             for c in contenders:
                 progress.show(f"{name} {c} throughput (trial {t + 1})")
+                n = min(size["n"], FASTSTREAM_N) if c == "faststream" else size["n"]
                 runs[c].append(trial({"broker": name, "config": config, "contender": c,
-                                      "workload": "throughput", "n": size["n"], "consumers": [1, 4]}))
+                                      "workload": "throughput", "n": n, "consumers": [1, 4]}))
                 progress.step(f"{name} {c} throughput")
         report["throughput"] = summarize_throughput(runs)
         sustained = _sustained_max(report["throughput"])
@@ -168,6 +184,11 @@ def bench_broker(name: str, args: argparse.Namespace, progress: Progress) -> dic
     finally:
         broker.stop()
     return report
+
+
+def throughput_trials(broker: str, args: argparse.Namespace) -> int:
+    """``--trials``, or more where a broker's trials are short and noisy (not with ``--quick``)."""
+    return args.trials if args.quick else max(args.trials, THROUGHPUT_TRIALS.get(broker, 0))
 
 
 def _sustained_max(tput: dict[str, Any]) -> float:
@@ -195,6 +216,8 @@ def summarize_throughput(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any
             entry[key] = {
                 "produce_per_s": stats([r["produce_per_s"] for r in rows]),
                 "consume_per_s": stats([r["consume_per_s"] for r in rows]),
+                "produce_cpu_us": stats([r["produce_cpu_us"] for r in rows if "produce_cpu_us" in r]),
+                "consume_cpu_us": stats([r["consume_cpu_us"] for r in rows if "consume_cpu_us" in r]),
                 "duplicates": [r["duplicates"] for r in rows],
                 "unique": [r["unique"] for r in rows],
             }
@@ -265,6 +288,8 @@ def tables(report: dict[str, Any]) -> None:
         for key, label in (("c1", "1p/1c"), ("c4", "1p/4c")):
             for way in ("produce_per_s", "consume_per_s"):
                 med = {c: tp.get(c, {}).get(key, {}).get(way, {}).get("median") for c in tp}
+                cpu_way = way.replace("_per_s", "_cpu_us")
+                cpu = {c: tp.get(c, {}).get(key, {}).get(cpu_way, {}).get("median") for c in tp}
                 rng = tp.get("sdk", {}).get(key, {}).get(way, {})
                 dups = tp.get("sdk", {}).get(key, {}).get("duplicates", [])
                 rows.append([
@@ -274,12 +299,14 @@ def tables(report: dict[str, Any]) -> None:
                     med.get("faststream") or "-",
                     _fmt(ratio(med.get("sdk"), med.get("raw"))),
                     _fmt(ratio(med.get("sdk"), med.get("faststream"))),
+                    _fmt(ratio(cpu.get("sdk"), cpu.get("raw"))),
                     max(dups) if dups else "-",
                 ])
     if rows:
-        print_table("Throughput, msg/s (median of trials; SDK min-max)",
+        print_table("Throughput, msg/s (median of trials; SDK min-max); CPU: process CPU "
+                    "per message, SDK / raw",
                     ["broker", "shape", "way", "raw", "SDK", "SDK range", "FastStream", "SDK/raw",
-                     "SDK/FS", "SDK dups"], rows)
+                     "SDK/FS", "CPU SDK/raw", "SDK dups"], rows)
         if "kafka" in report["brokers"]:
             print("\nKafka 1p/4c consume: the clock runs from the first message, so it includes the\n"
                   "group's forming: a raw aiokafka member that has joined fetches at once and drains\n"
@@ -372,7 +399,7 @@ def main(argv: list[str] | None = None) -> None:
     args.contenders = set(args.contenders.split(","))
     brokers = [b for b in args.brokers.split(",") if b]
     skip = set(args.skip.split(","))
-    per_broker = sum(len([c for c in CONTENDERS[b] if c in args.contenders]) * args.trials
+    per_broker = sum(len([c for c in CONTENDERS[b] if c in args.contenders]) * throughput_trials(b, args)
                      + 2 * len([c for c in CONTENDERS[b] if c in args.contenders and c != "faststream"]) * args.trials
                      for b in brokers)
     progress = Progress(per_broker + ("codec" not in skip) + ("control-plane" not in skip) * len(brokers))

@@ -18,6 +18,7 @@ import gc
 import json
 import logging
 import sys
+import time
 from typing import Any
 
 from benchmarks.contenders import load
@@ -58,12 +59,21 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
                 t, sub = fresh(f"t{consumers}"), "bench"
                 await prepare(backend, broker, t, sub, consumers)
                 gc.collect()
+                cpu = time.process_time()
                 produce = await contender.produce(t, n)
+                produce_cpu = time.process_time() - cpu
                 gc.collect()
+                cpu = time.process_time()
                 seconds, unique, dups = await contender.consume(t, sub, n, consumers)
+                consume_cpu = time.process_time() - cpu
                 out[f"c{consumers}"] = {
                     "produce_per_s": (n - warmup(n)) / produce,
                     "consume_per_s": unique / seconds,
+                    # CPU of the whole process (every thread: the client's own
+                    # too) per message, set-up included: unlike a rate, not
+                    # moved by what else the machine runs meanwhile.
+                    "produce_cpu_us": produce_cpu / n * 1e6,
+                    "consume_cpu_us": consume_cpu / n * 1e6,
                     "unique": unique,
                     "duplicates": dups,
                 }

@@ -17,8 +17,10 @@ async def test_a_throughput_trial_reports_rates_and_duplicates() -> None:
     for key in ("c1", "c4"):
         assert out[key]["unique"] == 300 and out[key]["duplicates"] == 0
         assert out[key]["produce_per_s"] > 0 and out[key]["consume_per_s"] > 0
+        assert out[key]["produce_cpu_us"] > 0 and out[key]["consume_cpu_us"] > 0
     summary = summarize_throughput({"sdk": [out]})
     assert summary["sdk"]["c4"]["consume_per_s"]["median"] == out["c4"]["consume_per_s"]
+    assert summary["sdk"]["c1"]["produce_cpu_us"]["median"] == out["c1"]["produce_cpu_us"]
 
 
 async def test_a_request_response_trial_reports_latencies() -> None:
