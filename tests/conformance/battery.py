@@ -45,6 +45,7 @@ from tests.brokers import (
     STUCK_GROUP_AFTER_CONCURRENT_LEAVE,
     Broker,
 )
+from tests.turns import LoopTurns
 from trustgraph_pubsub import (
     AuthenticationError,
     BackendConsumer,
@@ -1428,25 +1429,13 @@ class Battery:
         watched = SendWatch(backend, nowait=nowait)
         p = Producer(cast(PubSubBackend, watched), name, Item)
         ctx.defer(p.close)
-        turns, stop = 0, False
-
-        async def other_task() -> None:
-            nonlocal turns
-            while not stop:
-                turns += 1
-                await asyncio.sleep(0)
-
-        other = asyncio.create_task(other_task())
         await p.start()
-        await asyncio.sleep(0)
-        turns = 0
-        for i in range(640):
-            props = {"n": str(i)} if i % 2 else None
-            await p.send(Item(n=i), props, key=f"k{i % 3}" if i % 3 == 0 else None)
-        sending_turns = turns
+        async with LoopTurns() as turns:
+            for i in range(640):
+                props = {"n": str(i)} if i % 2 else None
+                await p.send(Item(n=i), props, key=f"k{i % 3}" if i % 3 == 0 else None)
+            sending_turns = turns.count
         await p.flush()
-        stop = True
-        await other
         got: dict[int, Message] = {}
         deadline = time.monotonic() + WAIT
         while len(got) < 640 and time.monotonic() < deadline:

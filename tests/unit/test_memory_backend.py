@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.turns import LoopTurns
 from trustgraph_pubsub import (
     BadTopicError,
     ClosedError,
@@ -447,26 +448,13 @@ async def test_a_tight_send_and_receive_loop_does_not_starve_the_loop(mb: Memory
     t = fresh()
     c = await mb.create_consumer(t, "s", Item)
     p = await mb.create_producer(t, Item)
-    turns = 0
-    stop = False
-
-    async def other_task() -> None:
-        nonlocal turns
-        while not stop:
-            turns += 1
-            await asyncio.sleep(0)
-
-    other = asyncio.create_task(other_task())
-    await asyncio.sleep(0)
-    turns = 0
-    for n in range(6400):
-        await p.send(Item(n))
-    after_sends = turns
-    for _ in range(6400):
-        await c.acknowledge(await c.receive())
-    after_receives = turns - after_sends
-    stop = True
-    await other
+    async with LoopTurns() as turns:
+        for n in range(6400):
+            await p.send(Item(n))
+        after_sends = turns.count
+        for _ in range(6400):
+            await c.acknowledge(await c.receive())
+        after_receives = turns.count - after_sends
     assert after_sends >= 95, after_sends
     assert after_receives >= 95, after_receives
 
