@@ -36,6 +36,7 @@ from tests.brokers import (
     async_terminate,
     free_port,
     port_open,
+    refused_port,
     require_brokers,
     terminate,
     wait_for_port,
@@ -613,7 +614,7 @@ async def test_the_password_never_shows(tls_broker: TLSBroker) -> None:
         await good.close()
     for overrides in (
         {"mqtt_tls_ca_file": str(tls_broker.certs.other_ca)},  # certificate refused
-        {"mqtt_port": free_port()},                             # nothing listens
+        {"mqtt_port": refused_port()},                          # nothing listens
     ):
         b = get_pubsub(**tls_broker.config(mqtt_username="someone", mqtt_password=SECRET,
                                            mqtt_connect_timeout=5.0, **overrides))

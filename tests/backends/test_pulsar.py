@@ -723,9 +723,9 @@ class TestPulsarBackend:
         await backend.delete_queue(name)  # cannot list subscriptions: documented no-op
 
     async def test_unreachable_admin_api(self, broker: Broker) -> None:
-        from tests.brokers import free_port
+        from tests.brokers import refused_port
 
-        port = free_port()
+        port = refused_port()
         b = broker.make_backend(pulsar_admin_url=f"http://127.0.0.1:{port}")
         try:
             assert b.capabilities.queue_lifecycle

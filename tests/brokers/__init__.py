@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
+import socket
 import subprocess
 import time
 from typing import Any, ClassVar
@@ -39,6 +41,32 @@ STUCK_GROUP_AFTER_CONCURRENT_LEAVE = "stuck-group-after-concurrent-leave"
 
 class BrokerUnavailable(Exception):
     """The broker cannot be reached or started; the message says how to fix it."""
+
+
+def refused_port() -> int:
+    """A port where nothing listens, below the kernel's ephemeral port range.
+
+    A port from ``free_port()`` lies in that range, where a connect can meet
+    itself: the kernel may give the client that very port as its own source
+    port, and the socket connects to itself (TCP simultaneous open) instead
+    of being refused.  Seen once in CI: MQTT answered "protocol error" where
+    "refused" was due.  No source port is ever chosen below the range.
+    """
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low // 2), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise BrokerUnavailable(f"no free port below {low} to stand for a refused connection")
 
 
 def require_brokers() -> bool:
@@ -111,7 +139,7 @@ class Broker:
     def refused_config(self) -> dict[str, Any]:
         """``get_pubsub`` overrides that point at a port where nothing listens.
 
-        Use a distinctive port (``free_port()``): conformance case 16 checks
+        Use a distinctive port (``refused_port()``): conformance case 16 checks
         that the ``BrokerConnectionError`` message names one of these values.
         Raise ``NotImplementedError`` (the default) where there is no network;
         the battery then skips that sub-case and says why.

@@ -45,6 +45,7 @@ from . import (
     async_wait_for_port,
     free_port,
     port_open,
+    refused_port,
     wait_for_port,
 )
 
@@ -197,7 +198,7 @@ class KafkaBroker(Broker):
         return {"kafka_bootstrap_servers": self.bootstrap}
 
     def refused_config(self) -> dict[str, Any]:
-        return {"kafka_bootstrap_servers": f"127.0.0.1:{free_port()}"}
+        return {"kafka_bootstrap_servers": f"127.0.0.1:{refused_port()}"}
 
     def bad_credentials_config(self) -> dict[str, Any] | None:
         if self._auth is None:

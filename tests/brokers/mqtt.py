@@ -54,7 +54,7 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
-from . import Broker, BrokerUnavailable, free_port, port_open, wait_for_port
+from . import Broker, BrokerUnavailable, free_port, port_open, refused_port, wait_for_port
 
 TEST_USER = "tg-test"
 SHARED_SUBS_NOT_RESTORED = "shared-subscriptions-not-restored-after-restart"
@@ -226,7 +226,7 @@ class MQTTBroker(Broker):
         return {"mqtt_host": self.host, "mqtt_port": self.port}
 
     def refused_config(self) -> dict[str, Any]:
-        return {"mqtt_host": "127.0.0.1", "mqtt_port": free_port()}
+        return {"mqtt_host": "127.0.0.1", "mqtt_port": refused_port()}
 
     def bad_credentials_config(self) -> dict[str, Any] | None:
         if self.external or self.auth_port is None:

@@ -51,6 +51,7 @@ from . import (
     async_wait_for_port,
     free_port,
     port_open,
+    refused_port,
     wait_for_port,
 )
 
@@ -324,7 +325,7 @@ class PulsarBroker(Broker):
         return config
 
     def refused_config(self) -> dict[str, Any]:
-        return {"pulsar_host": f"pulsar://127.0.0.1:{free_port()}"}
+        return {"pulsar_host": f"pulsar://127.0.0.1:{refused_port()}"}
 
     def bad_credentials_config(self) -> dict[str, Any] | None:
         """pulsar-lite checks no tokens; an external broker does when TG_PULSAR_AUTH=1."""

@@ -16,7 +16,7 @@ import time
 import uuid
 from typing import Any, ClassVar
 
-from tests.brokers import Broker, BrokerUnavailable, free_port, port_open
+from tests.brokers import Broker, BrokerUnavailable, port_open, refused_port
 
 HOST = os.environ.get("RABBITMQ_HOST", "127.0.0.1")
 PORT = int(os.environ.get("RABBITMQ_PORT", "5672"))
@@ -101,7 +101,7 @@ class RabbitMQBroker(Broker):
         }
 
     def refused_config(self) -> dict[str, Any]:
-        return {"rabbitmq_host": "127.0.0.1", "rabbitmq_port": free_port()}
+        return {"rabbitmq_host": "127.0.0.1", "rabbitmq_port": refused_port()}
 
     def bad_credentials_config(self) -> dict[str, Any]:
         return {"rabbitmq_username": USERNAME, "rabbitmq_password": f"wrong-{uuid.uuid4().hex}"}

@@ -133,9 +133,9 @@ async def test_pulsar_topology_creates_the_tenant_and_namespaces(admin: str) -> 
 
 
 async def test_pulsar_topology_says_clearly_when_the_admin_api_does_not_answer() -> None:
-    from tests.brokers import free_port
+    from tests.brokers import refused_port
 
-    url = f"http://admin:s3cret@127.0.0.1:{free_port()}"
+    url = f"http://admin:s3cret@127.0.0.1:{refused_port()}"
     with pytest.raises(InitialiserError) as err:
         await PulsarTopology(timeout=2).run(_ctx({"pulsar_admin_url": url}), None, "v1")
     text = str(err.value)

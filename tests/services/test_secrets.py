@@ -25,6 +25,7 @@ import pytest
 
 from bootstrap.config_service import PostgresStore
 from bootstrap.embedded import free_port
+from tests.brokers import refused_port
 from tests.services.helpers import PG_DSN, drop_schema, pg_schema
 from trustgraph_pubsub import get_pubsub
 
@@ -109,7 +110,7 @@ async def _run(label: str, flags: list[str], env: dict[str, str], tmp: Path) -> 
 
 async def test_no_secret_in_any_output_of_a_service_process(tmp_path: Path) -> None:
     schema = await pg_schema()  # skips (or fails under TG_REQUIRE_BROKERS) without PostgreSQL
-    closed = free_port()
+    closed = refused_port()
     runs = cases(closed, schema)
     try:
         results = await asyncio.gather(*(_run(label, flags, env, tmp_path) for label, flags, env in runs))
@@ -139,7 +140,7 @@ def test_backend_reprs_hide_secrets(config: dict[str, Any]) -> None:
 
 
 async def test_a_refused_postgres_dsn_error_hides_the_password() -> None:
-    store = PostgresStore(_pg_with_password(PG_DSN, SECRET, free_port()), schema="tg_secret_test")
+    store = PostgresStore(_pg_with_password(PG_DSN, SECRET, refused_port()), schema="tg_secret_test")
     assert SECRET not in repr(store)
     with pytest.raises(Exception) as info:  # any failure: its text is what counts
         await store.open()

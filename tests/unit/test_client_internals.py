@@ -130,6 +130,20 @@ def test_pulsar_asyncio_wrappers_keep_the_raw_handles() -> None:
     )
 
 
+def test_pulsar_disconnected_is_a_lost_connection() -> None:
+    """Code 46 is the C++ client's ResultDisconnected, unnamed in the binding: a
+    request the dropped connection cut short is a lost connection, and says so."""
+    from trustgraph_pubsub.backends.pulsar.errors import _R, _client_error
+    from trustgraph_pubsub.errors import ConnectionLostError
+
+    err = _client_error(_R(46), "unsubscribe 's' from t", "pulsar://127.0.0.1:1", 30,
+                        after_connect=True)
+    assert isinstance(err, ConnectionLostError), err
+    assert "Disconnected" in str(err) and "???" not in str(err)
+    other = _client_error(_R(99), "send to t", "pulsar://127.0.0.1:1", 30, after_connect=True)
+    assert "result code 99" in str(other)
+
+
 def test_pulsar_producer_reads_confirmations_without_a_callback() -> None:
     import _pulsar  # type: ignore[import-not-found]
 

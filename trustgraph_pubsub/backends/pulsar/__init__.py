@@ -155,6 +155,9 @@ Private internals of pulsar-client relied on (tested with pulsar-client
 * ``pulsar.asyncio.Producer._producer`` (``producer``): the C++ producer, for
   ``send_async`` and ``flush_async`` with this package's own callbacks (or
   none), and ``last_sequence_id``.
+* ``_pulsar.Result(46)`` (``errors._DISCONNECTED``): the C++ client's
+  ResultDisconnected, which the binding does not name; mapped to a lost
+  connection.
 * ``pulsar.asyncio.Consumer._consumer`` (``consumer``): the C++ consumer, for
   ``receive_async``, ``receive(0)``, ``acknowledge_async``,
   ``negative_acknowledge_async`` (pulsar-client 3.10 and later) and
