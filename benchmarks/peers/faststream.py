@@ -8,7 +8,8 @@ broker (one connection) per consumer, as one FastStream app per consumer
 would have; they share the subscription the trial made.
 
 * Kafka: the subscriber joins the subscription's group
-  (``naming.kafka_group``); publishes are ``no_confirm=True`` futures,
+  (``naming.kafka_group``) with the session timeout and heartbeat interval
+  the SDK's members use (the trial's ``kafka_session_timeout_ms``); publishes are ``no_confirm=True`` futures,
   gathered at the end (acks=all);
 * RabbitMQ: the subscriber consumes the subscription's queue as declared
   (``declare=False``), prefetch 100; publishes go to the topic's exchange
@@ -32,6 +33,7 @@ from faststream.middlewares import AckPolicy
 
 from benchmarks.workloads import Payload, Seen, payloads, warmup
 from trustgraph_pubsub import naming
+from trustgraph_pubsub.backends.kafka.config import HEARTBEAT_INTERVAL_MS, SESSION_TIMEOUT_MS
 from trustgraph_schema import codec
 
 WINDOW = 100
@@ -83,8 +85,11 @@ class FastStream:
 
     def _subscribe(self, broker: Any, topic: str, sub: str) -> Any:
         if self.kind == "kafka":
+            session = int(self.config.get("kafka_session_timeout_ms") or SESSION_TIMEOUT_MS)
             return broker.subscriber(naming.kafka_topic(topic), group_id=naming.kafka_group(topic, sub),
-                                     auto_offset_reset="earliest", ack_policy=AckPolicy.ACK)
+                                     auto_offset_reset="earliest", ack_policy=AckPolicy.ACK,
+                                     session_timeout_ms=session,
+                                     heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS)
         if self.kind == "rabbitmq":
             from faststream.rabbit import Channel, RabbitQueue
 

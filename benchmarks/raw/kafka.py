@@ -37,6 +37,7 @@ class Raw:
     def __init__(self, broker: str, config: dict[str, Any]) -> None:
         self.bootstrap = config["kafka_bootstrap_servers"]
         self.fetch_wait = int(config.get("kafka_fetch_max_wait_ms") or 5)
+        self.session_timeout = int(config.get("kafka_session_timeout_ms") or SESSION_TIMEOUT_MS)
 
     async def close(self) -> None:
         pass
@@ -49,7 +50,7 @@ class Raw:
                  auto_commit: bool = True) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(native, bootstrap_servers=self.bootstrap, group_id=group,
                                 auto_offset_reset=offset, fetch_max_wait_ms=self.fetch_wait,
-                                session_timeout_ms=SESSION_TIMEOUT_MS,
+                                session_timeout_ms=self.session_timeout,
                                 heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
                                 enable_auto_commit=auto_commit)
 
