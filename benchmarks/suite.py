@@ -51,11 +51,6 @@ BROKERS = ("pulsar", "kafka", "rabbitmq", "mqtt")
 #: ``fetch_max_wait_ms`` (5 ms), so 10 flows took 190 s of a 900 s budget and
 #: the later flows measured mostly a saturated CPU.
 CONTROL_PLANE_FLOWS = {"kafka": 5}
-#: throughput trials per contender where the default 3 are too few: a Pulsar
-#: trial lasts about 4 s, and on 2 cores its rates moved by a third from one
-#: trial to the next, so the median of 3 moved the SDK/raw ratio by 0.15
-#: between runs of the same code.  Five cost about 20 s more.
-THROUGHPUT_TRIALS = {"pulsar": 5}
 #: FastStream's message count, where it is smaller than the broker's: it drains
 #: Kafka at 1-2k msg/s (RabbitMQ and MQTT about 2k), so 20,000 messages took
 #: 40 s a trial, a sixth of the suite's time.  5,000 still last seconds.
@@ -97,11 +92,13 @@ class Progress:
 def sizes(broker: str, quick: bool) -> dict[str, Any]:
     """Message counts per broker: enough to last seconds, not minutes.
 
-    Pulsar and Kafka get 50,000: at 100,000 msg/s and more, 20,000 messages
-    lasted 0.15 s a trial, and one scheduling hiccup moved a figure by 20 %
-    (Kafka 1p/4c: SDK 98-170k msg/s in three trials of 20,000).
+    A drain must last long enough that a scheduling hiccup does not set the
+    figure.  Pulsar gets 200,000: it drains at 150-200k msg/s, and over three
+    trials of 50,000 the SDK's 1p/1c consume ranged 113-187k msg/s against
+    169-181k at 200,000 (raw: 138-207k against 182-196k).  Kafka gets 50,000:
+    at 20,000 the SDK's 1p/4c ranged 98-170k msg/s.
     """
-    n = {"pulsar": 50_000, "kafka": 50_000, "rabbitmq": 10_000, "mqtt": 10_000}.get(broker, 10_000)
+    n = {"pulsar": 200_000, "kafka": 50_000, "rabbitmq": 10_000, "mqtt": 10_000}.get(broker, 10_000)
     return {
         "n": n // 4 if quick else n,
         "rr": 200 if quick else 2_000,
@@ -157,12 +154,11 @@ def bench_broker(name: str, args: argparse.Namespace, progress: Progress) -> dic
     config = {"pubsub_backend": name, **broker.backend_config(), **TRIAL_CONFIG.get(name, {})}
     contenders = [c for c in CONTENDERS[name] if c in args.contenders]
     size = sizes(name, args.quick)
-    report: dict[str, Any] = {"sizes": {**size, "faststream_n": min(size["n"], FASTSTREAM_N),
-                                        "throughput_trials": throughput_trials(name, args)},
+    report: dict[str, Any] = {"sizes": {**size, "faststream_n": min(size["n"], FASTSTREAM_N)},
                               "contenders": contenders}
     try:
         runs: dict[str, list[dict[str, Any]]] = {c: [] for c in contenders}
-        for t in range(throughput_trials(name, args)):
+        for t in range(args.trials):
             for c in contenders:
                 progress.show(f"{name} {c} throughput (trial {t + 1})")
                 n = min(size["n"], FASTSTREAM_N) if c == "faststream" else size["n"]
@@ -192,11 +188,6 @@ def bench_broker(name: str, args: argparse.Namespace, progress: Progress) -> dic
     finally:
         broker.stop()
     return report
-
-
-def throughput_trials(broker: str, args: argparse.Namespace) -> int:
-    """``--trials``, or more where a broker's trials are short and noisy (not with ``--quick``)."""
-    return args.trials if args.quick else max(args.trials, THROUGHPUT_TRIALS.get(broker, 0))
 
 
 def _sustained_max(tput: dict[str, Any]) -> float:
@@ -406,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
     args.contenders = set(args.contenders.split(","))
     brokers = [b for b in args.brokers.split(",") if b]
     skip = set(args.skip.split(","))
-    per_broker = sum(len([c for c in CONTENDERS[b] if c in args.contenders]) * throughput_trials(b, args)
+    per_broker = sum(len([c for c in CONTENDERS[b] if c in args.contenders]) * args.trials
                      + 2 * len([c for c in CONTENDERS[b] if c in args.contenders and c != "faststream"]) * args.trials
                      for b in brokers)
     progress = Progress(per_broker + ("codec" not in skip) + ("control-plane" not in skip) * len(brokers))
