@@ -9,8 +9,8 @@ would have; they share the subscription the trial made.
 
 * Kafka: the subscriber joins the subscription's group
   (``naming.kafka_group``) with the session timeout and heartbeat interval
-  the SDK's members use (the trial's ``kafka_session_timeout_ms``); publishes are ``no_confirm=True`` futures,
-  gathered at the end (acks=all);
+  the SDK's members use (the trial's ``kafka_session_timeout_ms``);
+  publishes are ``no_confirm=True`` futures, gathered at the end (acks=all);
 * RabbitMQ: the subscriber consumes the subscription's queue as declared
   (``declare=False``), prefetch 100; publishes go to the topic's exchange
   with publisher confirms, 100 awaited at a time;

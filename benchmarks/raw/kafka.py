@@ -11,9 +11,11 @@
 * paced: ``send`` without awaiting the delivery, a ``getmany`` loop timing
   each message.
 
-``fetch_max_wait_ms``, the session timeout and the heartbeat interval are the
-backend's (tansu does not wake a waiting fetch, and holds a JoinGroup for
-half the session timeout: 3 s at the backend's 6 s, 5 s at aiokafka's 10 s).
+``fetch_max_wait_ms``, the session timeout and the heartbeat interval are
+the SDK's: the trial's ``kafka_fetch_max_wait_ms`` and
+``kafka_session_timeout_ms`` where it sets them, else the backend's defaults
+(tansu does not wake a waiting fetch, and holds a JoinGroup for half the
+session timeout: 3 s at the backend's 6 s, 5 s at aiokafka's 10 s).
 """
 
 from __future__ import annotations
