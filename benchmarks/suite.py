@@ -333,8 +333,8 @@ def tables(report: dict[str, Any]) -> None:
                   "busy (raw and SDK spend the same CPU per round trip, within noise). aiokafka keeps one\n"
                   "produce request in flight per broker. Raw's 16 KiB batches send a burst's requests\n"
                   "in chunks of about 60, each answered as it comes; the SDK's 128 KiB batches send\n"
-                  "all 200 in one request and the replies in two. The burst takes as long either\n"
-                  "way, but the SDK's median round trip ends later in it.")
+                  "the whole burst in one request and its replies in one or two. The burst takes as\n"
+                  "long either way, but the SDK's median round trip ends later in it.")
     codec = (report.get("codec") or {}).get("messages") or {}
     if codec:
         rows = []
