@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from trustgraph_schema import codec
@@ -257,6 +258,10 @@ class PubSubBackend(Protocol):
     async def close(self) -> None: ...
 
 
+#: ``BaseMessage._value`` before the first ``value()``: None is a value a schema may decode to
+_UNDECODED: Any = object()
+
+
 class BaseMessage:
     """A received message; backends construct it, decoding is lazy and cached.
 
@@ -264,7 +269,7 @@ class BaseMessage:
     Pulsar message ...), opaque to everyone else.
     """
 
-    __slots__ = ("_data", "_props", "_topic", "_schema", "_redeliveries", "handle", "_value", "_decoded")
+    __slots__ = ("_data", "_props", "_topic", "_schema", "_redeliveries", "handle", "_value")
 
     def __init__(
         self,
@@ -282,24 +287,24 @@ class BaseMessage:
         self._schema = schema
         self._redeliveries = redelivery_count
         self.handle = handle
-        self._value: Any = None
-        self._decoded = False
+        self._value: Any = _UNDECODED
 
     def value(self) -> Any:
-        if not self._decoded:
+        value = self._value
+        if value is _UNDECODED:
             if self._schema is None:
-                self._value = self._data
+                value = self._data
             else:
                 try:
-                    self._value = codec.decode(self._schema, self._data)
+                    value = codec.decode(self._schema, self._data)
                 except DecodeError as exc:
                     raise MessageDecodeError(
                         f"message on {self._topic} does not decode as "
                         f"{self._schema.__name__}: {exc}",
                         exc.path,
                     ) from exc
-            self._decoded = True
-        return self._value
+            self._value = value
+        return value
 
     def properties(self) -> dict[str, str]:
         return self._props if self._props is not None else {}
@@ -307,13 +312,12 @@ class BaseMessage:
     def data(self) -> bytes:
         return self._data
 
-    @property
-    def topic(self) -> str:
-        return self._topic
-
-    @property
-    def redelivery_count(self) -> int:
-        return self._redeliveries
+    # Read on every message by the consumer loop: a property whose getter is
+    # C code, not a Python function (a frame per message costs).
+    topic = property(attrgetter("_topic"), doc="The generic topic name it was consumed from.")
+    redelivery_count = property(
+        attrgetter("_redeliveries"), doc="0 on first delivery; how many times it was delivered before."
+    )
 
     def __repr__(self) -> str:
         return (

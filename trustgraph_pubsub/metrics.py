@@ -142,6 +142,15 @@ class BoundMetrics:
         c.buckets[bisect.bisect_left(_BUCKETS, seconds)] += 1
         c.seconds += seconds
 
+    def inline(self) -> tuple[_ConsumerCells, tuple[float, ...]]:
+        """The cells and the histogram's bucket bounds, for a loop that counts inline.
+
+        ``Consumer``'s worker loop does what ``received`` and ``latency`` do
+        without calling them: two Python calls per message cost about as
+        much as the counting itself.
+        """
+        return self._c, _BUCKETS
+
 
 class ProducerMetrics:
     """One producer's send counter.  No-op without Prometheus."""

@@ -59,9 +59,10 @@ class Sdk:
 
     async def consume(self, topic: str, sub: str, n: int, consumers: int) -> tuple[float, int, int]:
         seen, started = Seen(n), asyncio.Event()
+        ready = False  # started.is_set(), without a call per message
 
         async def handle(msg: Message) -> None:
-            if not started.is_set():
+            if not ready:
                 await started.wait()
             seen.add(msg.value().n)
 
@@ -70,6 +71,7 @@ class Sdk:
                    for _ in range(consumers)]
         await asyncio.gather(*(c.start() for c in running))
         started.set()
+        ready = True
         try:
             await seen.wait(300)
         finally:

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
@@ -280,6 +281,8 @@ class Consumer(Lifecycle, _DeadLettering):
         call_soon, nudge = loop.call_soon, self._nudge
         handler = self.handler
         m = self._m
+        cells, bounds = m.inline()  # m.received() and m.latency(), inline (see there)
+        max_redeliveries = self.max_redeliveries
         task = asyncio.current_task()
         streak = 0
         # The backend consumer's plain calls, where it has them (``NowaitConsumer``):
@@ -326,14 +329,14 @@ class Consumer(Lifecycle, _DeadLettering):
                 # may be awaited before the handler is called: Subscriber
                 # relies on handlers starting in receive order.
                 try:
-                    m.received()
+                    cells.messages += 1
                     started = _clock()
                     try:
                         msg.value()
                     except MessageDecodeError as exc:
                         await self._undecodable(bc, msg, exc)
                         continue
-                    if msg.redelivery_count > self.max_redeliveries:
+                    if msg.redelivery_count > max_redeliveries:
                         await self._overdelivered(bc, msg)
                         continue
                     try:
@@ -356,7 +359,9 @@ class Consumer(Lifecycle, _DeadLettering):
                         m.latency(_clock() - started)
                         await self._failed(bc, msg, exc)
                         continue
-                    m.latency(_clock() - started)
+                    took = _clock() - started
+                    cells.buckets[bisect_left(bounds, took)] += 1
+                    cells.seconds += took
                     if ack_now is not None:
                         ack_now(msg)
                     else:

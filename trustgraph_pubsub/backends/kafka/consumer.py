@@ -18,8 +18,7 @@ import contextlib
 import dataclasses
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
-from itertools import repeat
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer
@@ -114,7 +113,8 @@ class KafkaConsumer:
         self._initial_position = initial_position
         self._client: Any = None
         self._parts: dict[Any, _Partition] = {}
-        self._buffer: deque[tuple[_Partition, Any]] = deque()
+        #: fetched records not yet delivered: per partition, an iterator over a fetch's records
+        self._buffer: deque[tuple[_Partition, Iterator[Any]]] = deque()
         self._fetch_lock = asyncio.Lock()
         self._ready = asyncio.Event()
         self._wake = asyncio.Event()
@@ -405,26 +405,28 @@ class KafkaConsumer:
         """The next fetched record still due, or None (``NowaitConsumer``)."""
         buf = self._buffer
         while buf:
-            p, rec = buf.popleft()
-            if p.revoked:
-                continue
-            off: int = rec.offset
-            p.stream_next = off + 1
-            if off >= p.high:
-                p.high = off + 1
-                p.pending[off] = False
-                count = 0
-            elif p.pending.get(off) is True:
-                p.pending[off] = False
-                count = p.redeliveries.get(off, 0) + 1
-                p.redeliveries[off] = count
-            else:
-                continue  # acked or still being handled: not nacked, not again
-            headers = rec.headers
-            props = (  # (None: no properties, and no dict made per message)
-                {k: (v or b"").decode("utf-8", "replace") for k, v in headers} if headers else None
-            )
-            return BaseMessage(rec.value or b"", props, self.topic, self._schema, count, (p, off))
+            p, records = buf[0]
+            if not p.revoked:
+                for rec in records:  # an iterator: the next call resumes after this record
+                    off: int = rec.offset
+                    p.stream_next = off + 1
+                    if off >= p.high:
+                        p.high = off + 1
+                        p.pending[off] = False
+                        count = 0
+                    elif p.pending.get(off) is True:
+                        p.pending[off] = False
+                        count = p.redeliveries.get(off, 0) + 1
+                        p.redeliveries[off] = count
+                    else:
+                        continue  # acked or still being handled: not nacked, not again
+                    headers = rec.headers
+                    props = (  # (None: no properties, and no dict made per message)
+                        {k: (v or b"").decode("utf-8", "replace") for k, v in headers}
+                        if headers else None
+                    )
+                    return BaseMessage(rec.value or b"", props, self.topic, self._schema, count, (p, off))
+            buf.popleft()
         return None
 
     async def receive(self, timeout: float | None = None) -> Message:  # noqa: ASYNC109
@@ -462,7 +464,7 @@ class KafkaConsumer:
             p = parts.get(tp)
             if p is None:
                 continue
-            self._buffer.extend(zip(repeat(p), records))
+            self._buffer.append((p, iter(records)))
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return iterate_messages(self)
@@ -488,12 +490,12 @@ class KafkaConsumer:
         except (AttributeError, TypeError, ValueError):
             p, off = self._handle(message)  # raises the error that names the problem
             pending = p.pending
-        if p.revoked or pending.pop(off, None) is None:
+        if pending.pop(off, None) is None or p.revoked:
             return
         if p.redeliveries:
             p.redeliveries.pop(off, None)
-        self._acks += 1
-        if self._acks >= COMMIT_EVERY:
+        acks = self._acks = self._acks + 1
+        if acks == COMMIT_EVERY:  # (once: a commit resets the count)
             self._wake.set()
         if self._acked is not None:
             self._acked.set()
