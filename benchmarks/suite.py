@@ -55,7 +55,7 @@ CONTROL_PLANE_FLOWS = {"kafka": 5}
 #: are too few.  Kafka's 1p/4c drain lasts a third of a second and its
 #: concurrent bursts tens of milliseconds, so the host's swings set single
 #: trials: two suite runs of one commit gave SDK/raw 1p/4c consume 0.82 and
-#: 0.96, concurrent p50 1.22 and 0.94.  Two more of each cost about 3 minutes.
+#: 0.96, concurrent p50 1.22 and 0.94.  Two more of each cost about 2.5 minutes.
 TRIALS = {"kafka": 5}
 #: FastStream's message count, where it is smaller than the broker's: it drains
 #: Kafka at 1-2k msg/s (RabbitMQ and MQTT about 2k), so 20,000 messages took
