@@ -7,7 +7,9 @@ does not rot between runs.
 
 from __future__ import annotations
 
-from benchmarks.suite import latency_stats, summarize_latency, summarize_throughput
+import argparse
+
+from benchmarks.suite import latency_stats, summarize_latency, summarize_throughput, trials
 from benchmarks.trial import run
 
 
@@ -30,3 +32,10 @@ async def test_a_request_response_trial_reports_latencies() -> None:
     stats = latency_stats(out["sequential"])
     assert 0 < stats["p50"] <= stats["p99"] <= stats["max"]
     assert summarize_latency({"sdk": [out]}, ("sequential",))["sdk"]["sequential"]["p50"]["median"] > 0
+
+
+def test_kafka_gets_more_trials_except_when_quick() -> None:
+    full = argparse.Namespace(trials=3, quick=False)
+    assert trials("kafka", full) == 5 and trials("rabbitmq", full) == 3
+    assert trials("kafka", argparse.Namespace(trials=7, quick=False)) == 7  # --trials 7 is more
+    assert trials("kafka", argparse.Namespace(trials=1, quick=True)) == 1

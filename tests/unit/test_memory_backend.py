@@ -553,3 +553,27 @@ async def test_closing_a_consumer_gives_back_what_it_held_uncounted(mb: MemoryBa
     seen = [(m.value().n, m.redelivery_count) for m in await drain(a)]
     assert first.value().n == 1
     assert sorted(seen) == [(0, 0), (1, 1), (2, 0), (3, 0), (4, 0), (5, 0)]
+
+
+def test_a_message_decodes_once_and_its_fields_are_read_only() -> None:
+    from trustgraph_pubsub.backend import BaseMessage
+
+    calls = 0
+
+    @dataclass
+    class Counted:
+        n: int
+
+        def __post_init__(self) -> None:
+            nonlocal calls
+            calls += 1
+
+    m = BaseMessage(b'{"n": 3}', None, "q1/tg/x/y", Counted, 2, "h")
+    assert m.value() is m.value() and m.value().n == 3 and calls == 1
+    assert (m.topic, m.redelivery_count, m.properties()) == ("q1/tg/x/y", 2, {})
+    raw = BaseMessage(b"", None, "q1/tg/x/y", None)  # no schema: the bytes, even empty ones
+    assert raw.value() == b"" and raw.value() is raw.data()
+    with pytest.raises(AttributeError):
+        m.redelivery_count = 0  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        m.topic = "other"  # type: ignore[misc]
