@@ -354,6 +354,9 @@ class KafkaConsumer:
         if self._ephemeral:
             self._acks = 0
             return  # nothing of an ephemeral subscription is kept by the broker
+        # A round resets the count even when nothing moved (a handler still holds
+        # the lowest offset): the next COMMIT_EVERY acks wake the committer again.
+        self._acks = 0
         todo = list(self._parts.values()) if parts is None else parts
         offsets: dict[Any, int] = {}
         for p in todo:
@@ -362,7 +365,6 @@ class KafkaConsumer:
                 offsets[p.tp] = point
         if not offsets or self._client is None:
             return
-        self._acks = 0
         try:
             # aiokafka retries retriable commit errors (an unknown topic, say,
             # after the broker lost its state) without end: bound it.
@@ -495,7 +497,7 @@ class KafkaConsumer:
         if p.redeliveries:
             p.redeliveries.pop(off, None)
         acks = self._acks = self._acks + 1
-        if acks == COMMIT_EVERY:  # (once: a commit resets the count)
+        if acks == COMMIT_EVERY:  # (once per round: _commit resets the count)
             self._wake.set()
         if self._acked is not None:
             self._acked.set()
