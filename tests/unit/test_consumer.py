@@ -98,6 +98,31 @@ async def test_success_acks(mb: MemoryBackend, metrics: Metrics) -> None:
     assert metrics.value("messages_total", topic=t, subscription="s", backend="memory") == 10
 
 
+async def test_a_plain_function_handler_acks_and_its_exception_nacks(
+    mb: MemoryBackend, metrics: Metrics
+) -> None:
+    """A handler may be a plain function returning None (``Subscriber``'s is):
+    its return acknowledges, its exception negatively acknowledges, as for an
+    async one."""
+    t = fresh()
+    attempts: Counter[int] = Counter()
+    done: list[tuple[int, int]] = []
+
+    def handler(msg: Message) -> None:
+        n = msg.value().n
+        attempts[n] += 1
+        if n % 2 and attempts[n] == 1:
+            raise RuntimeError("first try of an odd one fails")
+        done.append((n, msg.redelivery_count))
+
+    async with Consumer(mb, t, "s", Item, handler, concurrency=4, metrics=metrics):
+        await send(mb, t, *(Item(n) for n in range(10)))
+        await wait_until(lambda: len(done) == 10)
+    assert sorted(done) == [(n, n % 2) for n in range(10)]
+    assert await leftovers(mb, t, "s") == []
+    assert metrics.value("redeliveries_total", topic=t, subscription="s", backend="memory") == 5
+
+
 async def test_exception_nacks_and_the_message_comes_back(mb: MemoryBackend, metrics: Metrics) -> None:
     t = fresh()
     attempts: Counter[int] = Counter()

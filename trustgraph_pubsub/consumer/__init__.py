@@ -4,7 +4,8 @@ Per message:
 
 1. ``msg.value()`` is decoded first; bytes that do not decode go to the
    dead-letter topic at once (retrying cannot fix them).
-2. The handler runs.  Success acknowledges the message.
+2. The handler runs (an async function, or a plain one that returns None).
+   Success acknowledges the message.
 3. A handler exception negatively acknowledges it (the broker redelivers),
    unless it has already been redelivered ``max_redeliveries`` times: then it
    is dead-lettered.  A message that arrives with a count already above the

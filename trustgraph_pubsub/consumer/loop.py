@@ -40,7 +40,9 @@ from .turns import _Worker
 #: the package's logger, ``trustgraph_pubsub.consumer``: one name for the consumer's records
 log = logging.getLogger(__package__)
 
-Handler = Callable[[Message], Awaitable[None]]
+#: an async function, or a plain one that returns None (it cannot wait, and
+#: costs no coroutine per message: ``Subscriber`` routes replies with one).
+Handler = Callable[[Message], Awaitable[None] | None]
 
 #: a worker yields to the event loop after this many messages in a row, in
 #: case its backend returns buffered messages without ever suspending.
@@ -341,12 +343,13 @@ class Consumer(Lifecycle, _DeadLettering):
                         continue
                     try:
                         pending = handler(msg)
-                        if handoff and not self._nudge_pending:
-                            # Should the handler wait, the loop runs this then, and
-                            # the turn passes on; one per loop pass is enough.
-                            self._nudge_pending = True
-                            call_soon(nudge)
-                        await pending
+                        if pending is not None:
+                            if handoff and not self._nudge_pending:
+                                # Should the handler wait, the loop runs this then, and
+                                # the turn passes on; one per loop pass is enough.
+                                self._nudge_pending = True
+                                call_soon(nudge)
+                            await pending
                     except Exception as exc:
                         m.latency(_clock() - started)
                         await self._failed(bc, msg, exc)
