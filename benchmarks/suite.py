@@ -341,11 +341,15 @@ def tables(report: dict[str, Any]) -> None:
                     ["broker", "workload", "who", "p50", "p99", "p99.9", "max"], rows)
         if "kafka" in report["brokers"]:
             print("\nKafka rr concurrent: caller and responder share one process, and a burst keeps it\n"
-                  "busy (raw and SDK spend about the same CPU per round trip). aiokafka keeps one\n"
-                  "produce request in flight per broker. Raw's 16 KiB batches send a burst's requests\n"
-                  "in chunks of about 60; the SDK's 128 KiB batches send it in one request. Batch size\n"
-                  "alone does not explain the gap: with 16 KiB batches the SDK's p50 was higher, not\n"
-                  "lower (18-20 ms against raw's 13 ms in one A/B). Still open.")
+                  "busy; CPU per round trip is about the same (alternating runs: raw 73-87 us, SDK\n"
+                  "79-91 us). tansu answers a waiting fetch when its fetch_max_wait_ms runs out, not when\n"
+                  "a produce lands (aiokafka alone, an idle topic: a record reached its consumer 0.1-3.5 ms\n"
+                  "after its produce completed at 5 ms, 13-27 ms at 100 ms), so each hop waits on its\n"
+                  "consumer's poll phase. The SDK sends a burst in one produce request (128 KiB batches),\n"
+                  "raw in chunks of about 60 (16 KiB): in one A/B the SDK's responder saw a burst 1.1-1.8\n"
+                  "ms after its produce in half the bursts and 3.4-5.1 ms in the rest (raw 1.4-2.2 ms).\n"
+                  "With 16 KiB batches the SDK paid aiokafka's full-batch waits (104-116 us per round\n"
+                  "trip) and was slower. Alternating A/B runs put the SDK at 1.13-1.26 of raw. Still open.")
     codec = (report.get("codec") or {}).get("messages") or {}
     if codec:
         rows = []
