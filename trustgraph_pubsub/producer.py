@@ -197,18 +197,12 @@ class Producer(Lifecycle):
             if nowait is not None and nowait(data, properties, key):
                 self._metrics.sent()
                 return
-            # ``_on``, inline: this is every request's and reply's path.
             try:
-                await bp.send(data, properties, key=key)
-            except BrokerConnectionError as exc:
-                await self._discard(bp, exc)  # then the retry below, on a fresh one
-            except PubSubError as exc:
-                if exc.unconfirmed:  # a refusal ended the producer's window: it is done
-                    await self._discard(bp, None)
-                raise
-            else:
+                await self._on(bp, data, properties, key)
                 self._metrics.sent()
                 return
+            except BrokerConnectionError:
+                pass
 
         async def attempt() -> None:
             await self._on(await self._current(), data, properties, key)

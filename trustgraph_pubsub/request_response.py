@@ -168,34 +168,15 @@ class RequestResponse(Lifecycle):
         ``PubSubTimeoutError`` after ``timeout`` seconds; a reply that comes
         later is dropped.
         """
-        # ``_send`` and ``_next``, inline, and a plain timer on the reply's
-        # future instead of an ``asyncio.timeout`` scope: this is the path of
-        # every request, and each layer costs a coroutine.
         self._check()
         rid = self._new_id()
-        subscriber = self._subscriber
-        fut = subscriber.expect(rid)
-        props = dict(properties) if properties else {}
-        props[ID] = rid
+        fut = self._subscriber.expect(rid)
+        await self._send(message, properties, rid)
         try:
-            await self._producer.send(message, props)
-            if timeout is None:  # (as ``asyncio.timeout(None)``: no limit)
-                return (await fut).value()
-            timer = asyncio.get_running_loop().call_later(timeout, self._expire, fut, rid, timeout)
-            try:
-                reply = await fut
-            finally:
-                timer.cancel()
+            reply = await self._next(fut, rid, timeout)
             return reply.value()
         finally:
-            subscriber.unsubscribe(rid)
-
-    def _expire(self, fut: asyncio.Future[Message], rid: str, wait: float) -> None:
-        if not fut.done():
-            fut.set_exception(PubSubTimeoutError(
-                f"no reply on {self.response_topic} to request {rid} on {self.request_topic} "
-                f"within {wait}s"
-            ))
+            self._subscriber.unsubscribe(rid)
 
     async def request_stream(
         self,
@@ -292,25 +273,21 @@ class Responder(Lifecycle):
         result = self.handler(msg.value(), dict(props))
         if inspect.isawaitable(result):
             result = await result
-        if not hasattr(result, "__anext__"):
-            # ``_reply``, inline: the path of every plain reply.
-            reply = {FINAL: "true"}
-            if rid is not None:
-                reply[ID] = rid
-            await self._producer.send(result, reply)
-            return
-        stream: AsyncIterator[Any] = result
-        held: Any = None
-        have = False
-        async for item in stream:
+        if hasattr(result, "__anext__"):
+            stream: AsyncIterator[Any] = result
+            held: Any = None
+            have = False
+            async for item in stream:
+                if have:
+                    await self._reply(held, rid, final=False, stream=True)
+                held, have = item, True
             if have:
-                await self._reply(held, rid, final=False, stream=True)
-            held, have = item, True
-        if have:
-            await self._reply(held, rid, final=True, stream=True)
-        else:
-            log.warning("stream handler for %s yielded nothing for request %s",
-                        self.request_topic, rid)
+                await self._reply(held, rid, final=True, stream=True)
+            else:
+                log.warning("stream handler for %s yielded nothing for request %s",
+                            self.request_topic, rid)
+            return
+        await self._reply(result, rid, final=True, stream=False)
 
     async def start(self) -> None:
         """Open the reply producer, then start consuming requests."""
