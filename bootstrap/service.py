@@ -17,7 +17,11 @@ redelivered and never loops; the service keeps serving.
 
 Replicas of one service share one subscription (the class's
 ``subscription``, or the ``subscription`` parameter), so each request is
-served by one of them.
+served by one of them.  A replica takes from the broker no more requests
+than it serves at once (``prefetch`` = ``--concurrency``), so a replica that
+hangs strands at most that many, where the broker dispatches per message
+(Pulsar, RabbitMQ; on Kafka a hung member holds its partitions until the
+group evicts it).
 """
 
 from __future__ import annotations
@@ -90,6 +94,13 @@ class OperationService(AsyncProcessor):
             self._handle,
             subscription=self.subscription,
             concurrency=self.concurrency,
+            # No request waits behind a busy replica: the broker hands a replica
+            # only what it can serve now, so one that hangs (or is killed on a
+            # broker that keeps a dead connection's consumers) strands at most
+            # ``concurrency`` requests, and the rest go to replicas that answer.
+            # Control-plane requests are few; a broker round trip per request
+            # costs nothing that matters here.
+            prefetch=self.concurrency,
             metrics=self.metrics,
         )
         await self._responder.start()

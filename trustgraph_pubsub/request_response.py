@@ -44,7 +44,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from .backend import Message, PubSubBackend
-from .consumer import Consumer
+from .consumer import DEFAULT_PREFETCH, Consumer
 from .errors import ClosedError, PubSubTimeoutError
 from .lifecycle import Lifecycle
 from .metrics import Metrics
@@ -223,6 +223,12 @@ class Responder(Lifecycle):
     a stream that fails part-way may therefore be replayed from its start,
     so stream consumers should tolerate repeats.  A stream that yields
     nothing sends nothing.
+
+    ``concurrency`` requests are served at once; ``prefetch`` is how many the
+    broker may hand this replica ahead of its answers (``Consumer``'s option).
+    A replica that hangs, or dies where the broker is slow to notice, strands
+    up to ``prefetch`` requests while other replicas idle, so a service whose
+    requests are few and precious may set it to ``concurrency``.
     """
 
     def __init__(
@@ -236,6 +242,7 @@ class Responder(Lifecycle):
         *,
         subscription: str,
         concurrency: int = 1,
+        prefetch: int = DEFAULT_PREFETCH,
         max_redeliveries: int = 5,
         metrics: Metrics | None = None,
     ) -> None:
@@ -252,6 +259,7 @@ class Responder(Lifecycle):
             request_schema,
             self._handle,
             concurrency=concurrency,
+            prefetch=prefetch,
             max_redeliveries=max_redeliveries,
             metrics=metrics,
         )

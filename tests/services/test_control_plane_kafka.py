@@ -5,3 +5,4 @@ from tests.services.battery import ControlPlaneBattery
 
 class TestControlPlaneKafka(ControlPlaneBattery):
     broker_name = "kafka"
+    dispatch_honours_prefetch = False

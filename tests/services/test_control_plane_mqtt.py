@@ -5,3 +5,4 @@ from tests.services.battery import ControlPlaneBattery
 
 class TestControlPlaneMQTT(ControlPlaneBattery):
     broker_name = "mqtt"
+    dispatch_honours_prefetch = False
