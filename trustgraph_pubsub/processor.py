@@ -32,7 +32,13 @@ any that lost the cancellation and ran on, so a stop always ends.
 environment as fallback), configure logging, run the processor on a fresh
 event loop with SIGTERM and SIGINT wired to ``request_stop``, exit 0 after a
 clean stop and 1 when start-up failed.  A second signal while stopping cancels
-the drain and exits at once (with status 1).
+the drain and exits at once (with status 1).  The process ends with
+``os._exit`` once the loop has closed and logging and the standard streams are
+flushed: by then every consumer is drained and every backend closed, and what
+interpreter finalization would still do is run the destructors of native
+clients, where pulsar-client's C++ threads can abort the process ("terminate
+called without an active exception", apache/pulsar-client-python#256; seen
+here after a subscribe timed out), turning a clean stop into status -6.
 """
 
 from __future__ import annotations
@@ -339,7 +345,13 @@ class AsyncProcessor(Lifecycle):
         """Parse flags, run until SIGTERM/SIGINT, exit 0 (1 if it could not start)."""
         params = cls.parse(ident, doc, argv)
         logging.basicConfig(level=params.get("log_level") or "INFO", format=LOG_FORMAT)
-        sys.exit(asyncio.run(cls._main(params)))
+        code = asyncio.run(cls._main(params))
+        # Everything is closed; skip finalization (see the module docstring).
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
 
     @classmethod
     async def _main(cls, params: Mapping[str, Any]) -> int:
