@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from tests.turns import LoopTurns
 from trustgraph_pubsub import (
     BadTopicError,
     ConfigurationError,
@@ -433,14 +434,6 @@ async def test_handlers_that_never_wait_yield_after_a_time_slice(
     more however busy the machine is.  (A yield every 64 messages gave none.)"""
     t = fresh()
     seen: list[int] = []
-    ticks = 0
-    draining = True
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while draining:
-            ticks += 1
-            await asyncio.sleep(0)
 
     def handler(msg: Message) -> None:
         time.sleep(0.001)  # busy, and never gives the loop back
@@ -449,14 +442,12 @@ async def test_handlers_that_never_wait_yield_after_a_time_slice(
     await mb.ensure_queue(t, "s")
     await send(mb, t, *(Item(n) for n in range(40)))
     c = Consumer(mb, t, "s", Item, handler, concurrency=1, metrics=metrics)
-    tick_task = asyncio.create_task(ticker())
-    await c.start()
-    await wait_until(lambda: len(seen) == 40)
-    draining = False
-    await tick_task
+    async with LoopTurns() as turns:
+        await c.start()
+        await wait_until(lambda: len(seen) == 40)
     await c.stop()
     assert seen == list(range(40))
-    assert ticks >= 12, ticks
+    assert turns.count >= 12, turns.count
 
 
 async def test_stop_with_some_workers_busy_takes_no_new_message(mb: MemoryBackend) -> None:
