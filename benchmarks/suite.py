@@ -21,13 +21,14 @@ each trial in a fresh process (``benchmarks.trial``):
    fetches per processor.
 
 Each figure is the median of the trials (``--trials``, default 3; Kafka's
-throughput and request/response 5, see ``TRIALS``) with its min-max, and the ratios SDK / raw and
+throughput and request/response and Pulsar's throughput 5, see ``TRIALS``)
+with its min-max, and the ratios SDK / raw and
 SDK / FastStream.  Throughput trials also give the process's CPU time per
 message (every thread, set-up included), which the machine's other work moves
 far less than a rate: its SDK / raw ratio is in the table too.  FastStream
 publishes and drains at most ``FASTSTREAM_N`` messages a trial.  A progress bar runs
 on stderr; the tables go to stdout; ``benchmarks/results/suite.json`` gets
-everything; ``--plot`` writes ``benchmarks/results/suite.png``.
+everything (with each broker's seconds); ``--plot`` writes ``benchmarks/results/suite.png``.
 """
 
 from __future__ import annotations
@@ -51,12 +52,18 @@ BROKERS = ("pulsar", "kafka", "rabbitmq", "mqtt")
 #: ``fetch_max_wait_ms`` (5 ms), so 10 flows took 190 s of a 900 s budget and
 #: the later flows measured mostly a saturated CPU.
 CONTROL_PLANE_FLOWS = {"kafka": 5}
-#: throughput and request/response trials per contender where the default 3
-#: are too few.  Kafka's 1p/4c drain lasts a third of a second and its
-#: concurrent bursts tens of milliseconds, so the host's swings set single
-#: trials: two suite runs of one commit gave SDK/raw 1p/4c consume 0.82 and
-#: 0.96, concurrent p50 1.22 and 0.94.  Two more of each cost about 2.5 minutes.
-TRIALS = {"kafka": 5}
+#: throughput ("throughput") and request/response ("rr") trials per contender
+#: where the default 3 are too few.  Kafka's 1p/4c drain lasts a third of a
+#: second and its concurrent bursts tens of milliseconds, so the host's swings
+#: set single trials: two suite runs of one commit gave SDK/raw 1p/4c consume
+#: 0.82 and 0.96, concurrent p50 1.22 and 0.94.  Two more of each cost about
+#: 2.5 minutes.  Pulsar's 1p/1c consume swung too: SDK/raw 0.81, 0.84, 0.86
+#: and 0.94 in four suite runs of close to one code, while in one process
+#: that alternated the two drains four times (100,000 messages each) the SDK
+#: drained at 0.92 of raw, CPU 1.09 per message.  A Pulsar throughput trial
+#: takes 5-6 s, so two more of each contender cost about 25 s.
+TRIALS: dict[str, dict[str, int]] = {"kafka": {"throughput": 5, "rr": 5},
+                                     "pulsar": {"throughput": 5}}
 #: FastStream's message count, where it is smaller than the broker's: it drains
 #: Kafka at 1-2k msg/s (RabbitMQ and MQTT about 2k), so 20,000 messages took
 #: 40 s a trial, a sixth of the suite's time.  5,000 still last seconds.
@@ -164,7 +171,7 @@ def bench_broker(name: str, args: argparse.Namespace, progress: Progress) -> dic
                               "contenders": contenders}
     try:
         runs: dict[str, list[dict[str, Any]]] = {c: [] for c in contenders}
-        for t in range(trials(name, args)):
+        for t in range(trials(name, args, "throughput")):
             for c in contenders:
                 progress.show(f"{name} {c} throughput (trial {t + 1})")
                 n = min(size["n"], FASTSTREAM_N) if c == "faststream" else size["n"]
@@ -174,7 +181,7 @@ def bench_broker(name: str, args: argparse.Namespace, progress: Progress) -> dic
         report["throughput"] = summarize_throughput(runs)
         sustained = _sustained_max(report["throughput"])
         rr: dict[str, list[dict[str, Any]]] = {c: [] for c in contenders if c != "faststream"}
-        for t in range(trials(name, args)):
+        for t in range(trials(name, args, "rr")):
             for c in rr:
                 progress.show(f"{name} {c} request/response (trial {t + 1})")
                 rr[c].append(trial({"broker": name, "config": config, "contender": c, "workload": "rr",
@@ -196,9 +203,9 @@ def bench_broker(name: str, args: argparse.Namespace, progress: Progress) -> dic
     return report
 
 
-def trials(broker: str, args: argparse.Namespace) -> int:
-    """Throughput and request/response trials: ``--trials``, or ``TRIALS`` where more (not ``--quick``)."""
-    return args.trials if args.quick else max(args.trials, TRIALS.get(broker, 0))
+def trials(broker: str, args: argparse.Namespace, workload: str) -> int:
+    """Trials of ``workload`` ("throughput" or "rr"): ``--trials``, or ``TRIALS`` where more (not ``--quick``)."""
+    return args.trials if args.quick else max(args.trials, TRIALS.get(broker, {}).get(workload, 0))
 
 
 def _sustained_max(tput: dict[str, Any]) -> float:
@@ -419,16 +426,18 @@ def main(argv: list[str] | None = None) -> None:
     args.contenders = set(args.contenders.split(","))
     brokers = [b for b in args.brokers.split(",") if b]
     skip = set(args.skip.split(","))
-    per_broker = sum(len([c for c in CONTENDERS[b] if c in args.contenders]) * trials(b, args)
+    per_broker = sum(len([c for c in CONTENDERS[b] if c in args.contenders]) * trials(b, args, "throughput")
                      + len([c for c in CONTENDERS[b] if c in args.contenders and c != "faststream"])
-                     * (trials(b, args) + args.trials)
+                     * (trials(b, args, "rr") + args.trials)
                      for b in brokers)
     progress = Progress(per_broker + ("codec" not in skip) + ("control-plane" not in skip) * len(brokers))
     began = time.monotonic()
     report: dict[str, Any] = {"quick": args.quick, "trials": args.trials, "brokers": {}}
     os.environ.setdefault("PYTHONHASHSEED", "0")
     for b in brokers:
+        t0 = time.monotonic()
         report["brokers"][b] = bench_broker(b, args, progress)
+        report["brokers"][b]["seconds"] = time.monotonic() - t0
     if "codec" not in skip:
         report["codec"] = codec_figures(progress)
     if "control-plane" not in skip:

@@ -34,8 +34,10 @@ async def test_a_request_response_trial_reports_latencies() -> None:
     assert summarize_latency({"sdk": [out]}, ("sequential",))["sdk"]["sequential"]["p50"]["median"] > 0
 
 
-def test_kafka_gets_more_trials_except_when_quick() -> None:
+def test_kafka_and_pulsar_get_more_trials_except_when_quick() -> None:
     full = argparse.Namespace(trials=3, quick=False)
-    assert trials("kafka", full) == 5 and trials("rabbitmq", full) == 3
-    assert trials("kafka", argparse.Namespace(trials=7, quick=False)) == 7  # --trials 7 is more
-    assert trials("kafka", argparse.Namespace(trials=1, quick=True)) == 1
+    assert trials("kafka", full, "throughput") == 5 and trials("kafka", full, "rr") == 5
+    assert trials("pulsar", full, "throughput") == 5 and trials("pulsar", full, "rr") == 3
+    assert trials("rabbitmq", full, "throughput") == 3 and trials("mqtt", full, "rr") == 3
+    assert trials("kafka", argparse.Namespace(trials=7, quick=False), "rr") == 7  # --trials 7 is more
+    assert trials("pulsar", argparse.Namespace(trials=1, quick=True), "throughput") == 1
