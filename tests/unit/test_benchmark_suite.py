@@ -36,7 +36,7 @@ async def test_a_request_response_trial_reports_latencies() -> None:
 
 def test_kafka_and_pulsar_get_more_trials_except_when_quick() -> None:
     full = argparse.Namespace(trials=3, quick=False)
-    assert trials("kafka", full, "throughput") == 5 and trials("kafka", full, "rr") == 7
+    assert trials("kafka", full, "throughput") == 7 and trials("kafka", full, "rr") == 7
     assert trials("pulsar", full, "throughput") == 5 and trials("pulsar", full, "rr") == 3
     assert trials("rabbitmq", full, "throughput") == 3 and trials("mqtt", full, "rr") == 3
     assert trials("kafka", argparse.Namespace(trials=7, quick=False), "rr") == 7  # --trials 7 is more
