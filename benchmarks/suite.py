@@ -21,8 +21,9 @@ each trial in a fresh process (``benchmarks.trial``):
    fetches per processor.
 
 Each figure is the median of the trials (``--trials``, default 3; Pulsar's
-throughput 5, Kafka's throughput and request/response 7, see ``TRIALS``; FastStream never more than ``FASTSTREAM_TRIALS`` or ``--trials``)
-with its min-max, and the ratios SDK / raw and
+throughput 5, Kafka's throughput and request/response 7, see ``TRIALS``;
+FastStream never more than ``FASTSTREAM_TRIALS`` or ``--trials``) with its
+min-max, and the ratios SDK / raw and
 SDK / FastStream.  Throughput trials also give the process's CPU time per
 message (every thread, set-up included), which the machine's other work moves
 far less than a rate: its SDK / raw ratio is in the table too.  FastStream
@@ -190,7 +191,7 @@ def bench_broker(name: str, args: argparse.Namespace, progress: Progress) -> dic
         runs: dict[str, list[dict[str, Any]]] = {c: [] for c in contenders}
         for t in range(trials(name, args, "throughput")):
             for c in contenders:
-                if c == "faststream" and t >= max(args.trials, FASTSTREAM_TRIALS):
+                if c == "faststream" and t >= faststream_trials(args):
                     continue
                 progress.show(f"{name} {c} throughput (trial {t + 1})")
                 n = min(size["n"], FASTSTREAM_N) if c == "faststream" else size["n"]
@@ -225,6 +226,11 @@ def bench_broker(name: str, args: argparse.Namespace, progress: Progress) -> dic
 def trials(broker: str, args: argparse.Namespace, workload: str) -> int:
     """Trials of ``workload`` ("throughput" or "rr"): ``--trials``, or ``TRIALS`` where more (not ``--quick``)."""
     return args.trials if args.quick else max(args.trials, TRIALS.get(broker, {}).get(workload, 0))
+
+
+def faststream_trials(args: argparse.Namespace) -> int:
+    """FastStream's throughput trials at most: ``FASTSTREAM_TRIALS``, or ``--trials`` where more."""
+    return max(args.trials, FASTSTREAM_TRIALS)
 
 
 def _sustained_max(tput: dict[str, Any]) -> float:
@@ -447,7 +453,7 @@ def main(argv: list[str] | None = None) -> None:
     args.contenders = set(args.contenders.split(","))
     brokers = [b for b in args.brokers.split(",") if b]
     skip = set(args.skip.split(","))
-    per_broker = sum(sum(min(trials(b, args, "throughput"), max(args.trials, FASTSTREAM_TRIALS))
+    per_broker = sum(sum(min(trials(b, args, "throughput"), faststream_trials(args))
                          if c == "faststream" else trials(b, args, "throughput")
                          for c in CONTENDERS[b] if c in args.contenders)
                      + len([c for c in CONTENDERS[b] if c in args.contenders and c != "faststream"])

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import argparse
 
-from benchmarks.suite import latency_stats, summarize_latency, summarize_throughput, trials
+from benchmarks.suite import (
+    faststream_trials,
+    latency_stats,
+    summarize_latency,
+    summarize_throughput,
+    trials,
+)
 from benchmarks.trial import run
 
 
@@ -41,3 +47,4 @@ def test_kafka_and_pulsar_get_more_trials_except_when_quick() -> None:
     assert trials("rabbitmq", full, "throughput") == 3 and trials("mqtt", full, "rr") == 3
     assert trials("kafka", argparse.Namespace(trials=7, quick=False), "rr") == 7  # --trials 7 is more
     assert trials("pulsar", argparse.Namespace(trials=1, quick=True), "throughput") == 1
+    assert faststream_trials(full) == 3 and faststream_trials(argparse.Namespace(trials=9)) == 9
