@@ -12,7 +12,8 @@ it is importable, ``Metrics`` registers these metrics (prefix
 ``dropped_total``                  replies nobody waited for (late replies)
 ``reconnects_total``               consumers recreated after a lost connection
 ``sent_total``                     messages sent by a ``Producer``
-``handler_seconds``                handler latency (histogram)
+``handler_seconds``                handler latency (histogram): from taking
+                                   a message (its decode too) to the handler's return
 =================================  =========================================
 
 Labels are ``topic``, ``subscription`` and ``backend`` only (``sent_total``

@@ -176,6 +176,33 @@ class TestKafkaBackend:
         await c.acknowledge(third)
         assert await committed_becomes(broker, name, "s", 5) == 5
 
+    async def test_nacks_while_fetched_records_wait_lose_nothing(self, broker: Broker, one_partition: Any) -> None:
+        """A nack seeks back past records already fetched and admitted but not handed out.
+
+        They must come again as first deliveries; a redelivery admitted but
+        not handed out when a second nack seeks back must come again too.
+        """
+        name, c, msgs = await self._stream(one_partition, 3)
+        p = await one_partition.create_producer(name, Item)
+        for i in range(3, 10):
+            await p.send(Item(i))
+        await p.flush()
+        head = await c.receive(timeout=10)  # 3, and the fetch behind it waits (4-9)
+        assert (head.value().n, head.redelivery_count) == (3, 0)
+        await c.acknowledge(msgs[0])
+        await c.negative_acknowledge(msgs[1])  # back to 1; 2 and 3 are still held
+        got = [await c.receive(timeout=10)]
+        assert (got[0].value().n, got[0].redelivery_count) == (1, 1)
+        await c.negative_acknowledge(msgs[2])  # back to 2, past 4-9 admitted again
+        got += await receive_n(c, 7, within=10)
+        assert [(m.value().n, m.redelivery_count) for m in got] == [
+            (1, 1), (2, 1), (4, 0), (5, 0), (6, 0), (7, 0), (8, 0), (9, 0)]
+        with pytest.raises(PubSubTimeoutError):
+            await c.receive(timeout=1.0)
+        for m in [head, *got]:
+            await c.acknowledge(m)
+        assert await committed_becomes(broker, name, "s", 10) == 10
+
     async def test_nack_then_close_leaves_it_for_the_next_consumer(self, broker: Broker, one_partition: Any) -> None:
         name, c, msgs = await self._stream(one_partition, 3)
         await c.acknowledge(msgs[0])

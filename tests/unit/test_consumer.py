@@ -708,3 +708,37 @@ def test_prefetch_is_validated(mb: MemoryBackend, bad: Any) -> None:
     with pytest.raises(ConfigurationError, match="prefetch"):
         Consumer(mb, fresh(), "s", Item, _noop, prefetch=bad)
 
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+async def test_handler_latency_leaves_out_the_wait_for_a_message(
+    mb: MemoryBackend, metrics: Metrics, concurrency: int
+) -> None:
+    """The clock of a message taken without waiting starts when the one before it
+    ended; after a wait for a message it starts again, so idle time is no latency."""
+    t = fresh()
+    labels = {"topic": t, "subscription": "s", "backend": "memory"}
+
+    async def handler(msg: Message) -> None:
+        if msg.value().n == 99:
+            await asyncio.sleep(0.3)
+
+    await mb.ensure_queue(t, "s")
+    c = Consumer(mb, t, "s", Item, handler, concurrency=concurrency, metrics=metrics)
+    await c.start()
+    try:
+        await send(mb, t, *(Item(n) for n in range(5)))  # back to back
+        await wait_until(lambda: metrics.value("handler_seconds_count", **labels) == 5)
+        await asyncio.sleep(0.4)  # idle: nothing to take
+        await send(mb, t, Item(5))
+        await wait_until(lambda: metrics.value("handler_seconds_count", **labels) == 6)
+        await send(mb, t, Item(99))
+        await wait_until(lambda: metrics.value("handler_seconds_count", **labels) == 7)
+    finally:
+        await c.stop()
+    # The quick ones (the one after the idle 0.4 s too) end within 0.1 s; the
+    # sleeper lands above 0.25 s, within 0.5 s.
+    assert metrics.value("handler_seconds_bucket", le="0.1", **labels) == 6
+    assert metrics.value("handler_seconds_bucket", le="0.25", **labels) == 6
+    assert metrics.value("handler_seconds_bucket", le="0.5", **labels) == 7
+    assert 0.3 <= metrics.value("handler_seconds_sum", **labels) < 0.5

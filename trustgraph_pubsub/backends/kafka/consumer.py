@@ -54,7 +54,8 @@ class _Partition:
     nacked (waiting to come again).  ``high`` is one past the highest offset
     delivered, ``stream_next`` one past the last offset the fetch stream
     yielded (a nack below it seeks back), ``committed`` the last offset sent
-    to the broker.
+    to the broker.  An admitted message not yet handed out (``KafkaConsumer._admit``) counts as
+    delivered here: it holds the commit point back until it is acked.
     """
 
     tp: Any
@@ -73,6 +74,11 @@ class _Partition:
 
     def in_flight(self) -> bool:
         return any(not nacked for nacked in self.pending.values())
+
+
+def _properties(headers: Any) -> dict[str, str]:
+    """A record's headers as message properties (a header without a value is "")."""
+    return {k: (v or b"").decode("utf-8", "replace") for k, v in headers}
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -113,8 +119,14 @@ class KafkaConsumer:
         self._initial_position = initial_position
         self._client: Any = None
         self._parts: dict[Any, _Partition] = {}
-        #: fetched records not yet delivered: per partition, an iterator over a fetch's records
-        self._buffer: deque[tuple[_Partition, Iterator[Any]]] = deque()
+        #: fetched records not yet made messages: per partition, a fetch's records
+        self._buffer: deque[tuple[_Partition, list[Any]]] = deque()
+        #: admitted (their bookkeeping done, see ``_admit``), not yet handed out:
+        #: the rest of a fetch of fresh records, of partition ``_fresh_part``; or
+        #: the messages of a replay
+        self._fresh: Iterator[Any] | None = None
+        self._fresh_part: _Partition | None = None
+        self._due: deque[BaseMessage] = deque()
         self._fetch_lock = asyncio.Lock()
         self._ready = asyncio.Event()
         self._wake = asyncio.Event()
@@ -248,6 +260,8 @@ class KafkaConsumer:
             await self._commit_task
         await self._commit()
         self._buffer.clear()
+        self._fresh = None
+        self._due.clear()
         for p in self._parts.values():
             p.revoked = True
         await self._stop_client()
@@ -268,6 +282,8 @@ class KafkaConsumer:
 
     async def _on_revoked(self, revoked: set[Any]) -> None:
         parts = [self._parts[tp] for tp in revoked if tp in self._parts]
+        for p in parts:
+            self._unready(p)  # not handed out: nothing to wait for
         if not self._closing and any(p.in_flight() for p in parts):
             # Give handlers a moment to ack what they hold, so the new owner
             # does not get it again.
@@ -405,31 +421,94 @@ class KafkaConsumer:
 
     def receive_nowait(self) -> BaseMessage | None:
         """The next fetched record still due, or None (``NowaitConsumer``)."""
+        fresh = self._fresh
+        if fresh is not None:
+            for rec in fresh:  # an iterator: the next call resumes after this record
+                h = rec.headers
+                return BaseMessage(rec.value or b"", _properties(h) if h else None,
+                                   self.topic, self._schema, 0, (self._fresh_part, rec.offset))
+            self._fresh = None
+        due = self._due
+        if due:
+            return due.popleft()
         buf = self._buffer
         while buf:
-            p, records = buf[0]
-            if not p.revoked:
-                for rec in records:  # an iterator: the next call resumes after this record
-                    off: int = rec.offset
-                    p.stream_next = off + 1
-                    if off >= p.high:
-                        p.high = off + 1
-                        p.pending[off] = False
-                        count = 0
-                    elif p.pending.get(off) is True:
-                        p.pending[off] = False
-                        count = p.redeliveries.get(off, 0) + 1
-                        p.redeliveries[off] = count
-                    else:
-                        continue  # acked or still being handled: not nacked, not again
-                    headers = rec.headers
-                    props = (  # (None: no properties, and no dict made per message)
-                        {k: (v or b"").decode("utf-8", "replace") for k, v in headers}
-                        if headers else None
-                    )
-                    return BaseMessage(rec.value or b"", props, self.topic, self._schema, count, (p, off))
-            buf.popleft()
+            p, records = buf.popleft()
+            if not p.revoked and records:
+                self._admit(p, records)
+                return self.receive_nowait()
         return None
+
+    def _admit(self, p: _Partition, records: list[Any]) -> None:
+        """Do the bookkeeping of ``records``, one fetch of partition ``p``, as delivered.
+
+        A fetch of offsets never delivered before (what a fetch almost always
+        is) is marked pending with one dict update and becomes ``_fresh``: a
+        message is made of each record only as it is handed out (made at
+        once, 500 young objects at a time cost more in garbage collection
+        than the bookkeeping they saved).  That took the Kafka consumer's
+        cost a message, over what raw aiokafka pays, from 1.5 to 1.2 us
+        (stubbed client, 200,000 records).  A replay after a nack goes record
+        by record, its messages made at once into ``_due``.
+        """
+        if records[0].offset >= p.high:
+            offsets = [rec.offset for rec in records]
+            p.pending.update(dict.fromkeys(offsets, False))
+            p.high = p.stream_next = offsets[-1] + 1
+            self._fresh, self._fresh_part = iter(records), p
+            return
+        due, topic, schema = self._due, self.topic, self._schema
+        pending, redeliveries = p.pending, p.redeliveries
+        for rec in records:
+            off: int = rec.offset
+            p.stream_next = off + 1
+            if off >= p.high:
+                p.high = off + 1
+                pending[off] = False
+                count = 0
+            elif pending.get(off) is True:
+                pending[off] = False
+                count = redeliveries.get(off, 0) + 1
+                redeliveries[off] = count
+            else:
+                continue  # acked or still being handled: not nacked, not again
+            h = rec.headers
+            due.append(BaseMessage(rec.value or b"", _properties(h) if h else None,
+                                   topic, schema, count, (p, off)))
+
+    def _unready(self, p: _Partition) -> None:
+        """Take back what of ``p`` was admitted but not handed out (a seek, a revocation).
+
+        A fresh offset leaves ``pending`` and lowers ``high``, so that it is
+        fresh again when the stream brings it back; a redelivery is nacked
+        again, with its count as it was.  ``p``'s fetched records go too.
+        """
+        if self._fresh is not None and self._fresh_part is p:
+            for rec in self._fresh:
+                p.pending.pop(rec.offset, None)
+                p.high = min(p.high, rec.offset)
+            self._fresh = None
+        due = self._due
+        if any(m.handle[0] is p for m in due):
+            keep: deque[BaseMessage] = deque()
+            for m in due:
+                if m.handle[0] is not p:
+                    keep.append(m)
+                    continue
+                off = m.handle[1]
+                count = m.redelivery_count
+                if count:
+                    p.pending[off] = True
+                    if count > 1:
+                        p.redeliveries[off] = count - 1
+                    else:
+                        p.redeliveries.pop(off, None)
+                else:
+                    p.pending.pop(off, None)
+                    p.high = min(p.high, off)
+            self._due = keep
+        if any(item[0] is p for item in self._buffer):
+            self._buffer = deque(item for item in self._buffer if item[0] is not p)
 
     async def receive(self, timeout: float | None = None) -> Message:  # noqa: ASYNC109
         msg = self.receive_nowait()
@@ -466,7 +545,7 @@ class KafkaConsumer:
             p = parts.get(tp)
             if p is None:
                 continue
-            self._buffer.append((p, iter(records)))
+            self._buffer.append((p, records))
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return iterate_messages(self)
@@ -510,12 +589,16 @@ class KafkaConsumer:
         if self._acked is not None:
             self._acked.set()
         if off < p.stream_next:
+            # The stream is past it: go back, to the lowest offset waiting to
+            # come again.  That is this one, or one nacked before whose replay
+            # was fetched but not handed out yet (the seek drops it).
+            self._unready(p)
+            target = min(o for o, nacked in p.pending.items() if nacked)
             try:
-                self._client.seek(p.tp, off)
+                self._client.seek(p.tp, target)
             except kerr.IllegalStateError:
                 return  # revoked meanwhile: the new owner gets it
-            p.stream_next = off
-            self._buffer = deque(item for item in self._buffer if item[0] is not p)
+            p.stream_next = target
 
     def __repr__(self) -> str:
         return (
