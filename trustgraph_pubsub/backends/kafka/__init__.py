@@ -16,9 +16,10 @@ delivered).  Acking 5 before 4 therefore never commits past 4.  Commits are
 sent in the background, every ``COMMIT_INTERVAL`` seconds or after
 ``COMMIT_EVERY`` acks, never one broker round trip per ack; the acked prefix
 is also committed when partitions are revoked in a rebalance and on close.
-A nack seeks the partition back to the nacked offset; when the replay
-arrives, offsets that were meanwhile acked or are still being handled are
-skipped, so only nacked messages come again.
+A nack seeks the partition back to the nacked offset (or to an earlier one
+still waiting to come again); when the replay arrives, offsets that were
+meanwhile acked or are still being handled are skipped, so only nacked
+messages come again.
 
 Redelivery counts are kept by the consumer per (partition, offset): Kafka
 does not track them.  They are exact while a partition stays with one
