@@ -402,11 +402,13 @@ class Consumer(Lifecycle, _DeadLettering):
                         "ack/nack on %s lost (%s); the message will be redelivered",
                         self.topic, exc,
                     )
+                    started = _clock()  # (settling may have waited)
                 except Exception:
                     log.exception(
                         "consumer %r on %s: error settling a message",
                         self.subscription, self.topic,
                     )
+                    started = _clock()
                 finally:
                     me.busy = False
         finally:
