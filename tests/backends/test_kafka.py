@@ -203,6 +203,28 @@ class TestKafkaBackend:
             await c.acknowledge(m)
         assert await committed_becomes(broker, name, "s", 10) == 10
 
+    async def test_a_nack_seeks_back_to_a_replay_not_yet_handed_out(
+        self, broker: Broker, one_partition: Any
+    ) -> None:
+        """Two replays are fetched together; the first is handed out, the second waits.
+
+        A nack of a later offset then seeks back to the waiting replay, not to
+        the offset nacked: seeking there would skip the replay for good.
+        """
+        name, c, msgs = await self._stream(one_partition, 6)
+        await c.negative_acknowledge(msgs[1])
+        await c.negative_acknowledge(msgs[2])
+        first = await c.receive(timeout=10)  # 1 again; 2's replay waits behind it
+        assert (first.value().n, first.redelivery_count) == (1, 1)
+        await c.negative_acknowledge(msgs[4])
+        got = [first, *await receive_n(c, 2, within=10)]
+        assert [(m.value().n, m.redelivery_count) for m in got] == [(1, 1), (2, 1), (4, 1)]
+        with pytest.raises(PubSubTimeoutError):
+            await c.receive(timeout=1.0)
+        for m in [msgs[0], msgs[3], msgs[5], *got]:
+            await c.acknowledge(m)
+        assert await committed_becomes(broker, name, "s", 6) == 6
+
     async def test_nack_then_close_leaves_it_for_the_next_consumer(self, broker: Broker, one_partition: Any) -> None:
         name, c, msgs = await self._stream(one_partition, 3)
         await c.acknowledge(msgs[0])

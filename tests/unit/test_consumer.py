@@ -709,7 +709,6 @@ def test_prefetch_is_validated(mb: MemoryBackend, bad: Any) -> None:
         Consumer(mb, fresh(), "s", Item, _noop, prefetch=bad)
 
 
-
 @pytest.mark.parametrize("concurrency", [1, 4])
 async def test_handler_latency_leaves_out_the_wait_for_a_message(
     mb: MemoryBackend, metrics: Metrics, concurrency: int
