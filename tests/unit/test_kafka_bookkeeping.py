@@ -7,13 +7,16 @@ fetch, its messages' acks and a commit round (the broker side is proven in
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from trustgraph_pubsub.backends.kafka.config import COMMIT_EVERY
 from trustgraph_pubsub.backends.kafka.consumer import KafkaConsumer, _Partition
+from trustgraph_pubsub.errors import MessageDecodeError
 
 
 class _Client:
@@ -31,13 +34,62 @@ class _Client:
 TP = TopicPartition("t", 0)
 
 
-def _consumer(n: int) -> tuple[KafkaConsumer, _Client]:
-    records = [ConsumerRecord("t", 0, i, 0, 0, None, b"x", None, 0, 1, []) for i in range(n)]
+def _consumer(
+    n: int, *, offsets: list[int] | None = None, values: list[bytes | None] | None = None,
+    schema: type[Any] | None = None,
+) -> tuple[KafkaConsumer, _Client]:
+    offsets = list(range(n)) if offsets is None else offsets
+    values = [b"x"] * len(offsets) if values is None else values
+    records = [ConsumerRecord("t", 0, off, 0, 0, None, v, None, 0, len(v or b""), [])
+               for off, v in zip(offsets, values, strict=True)]
     backend = SimpleNamespace(connect_timeout=5.0)
-    kc = KafkaConsumer(backend, "q1/tg/x/y", "t", "s", "g", None, "earliest")  # type: ignore[arg-type]
+    kc = KafkaConsumer(backend, "q1/tg/x/y", "t", "s", "g", schema, "earliest")  # type: ignore[arg-type]
     kc._client = client = _Client(records)
-    kc._parts[TP] = _Partition(TP, committed=0)  # where the group starts
+    kc._parts[TP] = _Partition(TP, committed=0, topic="q1/tg/x/y", schema=schema)  # where the group starts
     return kc, client
+
+
+@dataclass
+class _Point:
+    n: int
+
+
+async def test_a_fetch_with_offset_gaps_commits_past_them() -> None:
+    # Compaction and transaction markers leave gaps: an offset never
+    # delivered must not hold the commit point back.
+    kc, client = _consumer(0, offsets=[0, 1, 3, 4, 7])
+    await kc._fetch()
+    msgs = [kc.receive_nowait() for _ in range(5)]
+    assert [m.handle[1] for m in msgs if m is not None] == [0, 1, 3, 4, 7]
+    for m in msgs:
+        assert m is not None
+        kc.acknowledge_nowait(m)
+    await kc._commit()
+    assert client.commits == [{TP: 8}]
+
+
+async def test_records_are_decoded_as_handed_out_and_a_bad_one_raises_from_value() -> None:
+    kc, _ = _consumer(0, offsets=[0, 1, 2], values=[b'{"n": 3}', b'{"n": "three"}', None],
+                      schema=_Point)
+    await kc._fetch()
+    good, bad, empty = (kc.receive_nowait() for _ in range(3))
+    assert good is not None and bad is not None and empty is not None
+    assert good.value() == _Point(3) and good.data() == b'{"n": 3}' and good.topic == "q1/tg/x/y"
+    for m, data in ((bad, b'{"n": "three"}'), (empty, b"")):
+        with pytest.raises(MessageDecodeError, match="q1/tg/x/y .*_Point"):
+            m.value()
+        assert m.data() == data and m.redelivery_count == 0
+    with pytest.raises(MessageDecodeError) as err:
+        bad.value()  # again: nothing bad was cached
+    assert err.value.path == "n"
+
+
+async def test_without_a_schema_the_value_is_the_bytes() -> None:
+    kc, _ = _consumer(0, offsets=[0, 1], values=[b"\xff raw", None])
+    await kc._fetch()
+    raw, empty = kc.receive_nowait(), kc.receive_nowait()
+    assert raw is not None and empty is not None
+    assert raw.value() == b"\xff raw" and empty.value() == b"" and empty.data() == b""
 
 
 async def test_every_commit_every_acks_wake_the_committer_even_when_nothing_moved() -> None:
