@@ -353,12 +353,15 @@ def tables(report: dict[str, Any]) -> None:
             print("\nKafka 1p/4c consume: raw aiokafka and the SDK handle only once all four members have\n"
                   "started (aiokafka's start returns when its member holds its partitions), so the\n"
                   "clock leaves out the group's forming: tansu answers a member whose SyncGroup\n"
-                  "came before the leader's a second later. Both drains are CPU-bound (process CPU\n"
-                  "over a drain, 4 alternating trials: raw 0.89-0.97 of its wall time, SDK 0.98-1.00),\n"
-                  "so the ratio is what a message costs: raw 6.4-6.8 us, SDK 7.8-8.4 us. The SDK's\n"
-                  "extra is the Python calls a message makes through Consumer that raw's inline loop\n"
-                  "does not: its message object, the receive and ack calls, the handler's coroutine,\n"
-                  "the latency clock (1.9 us against a stubbed client, where raw's loop costs 2.9 us).")
+                  "came before the leader's a second later. Over a drain (4 alternating trials, first\n"
+                  "message to last) raw's process took 6.1-6.4 us of CPU a message, at 0.81-0.86 of its\n"
+                  "wall time, the SDK's 6.6-7.2 us at 0.94-0.99; tansu, on the same 2 cores, took 5.0-5.8\n"
+                  "us a message serving raw, which commits after every fetch, and 2.4-3.2 us serving the\n"
+                  "SDK. So raw waits on the broker and the SDK on its own CPU, and which drains faster\n"
+                  "moves with what else the host does (those 4 pairs: SDK/raw 1.03). The SDK's extra CPU\n"
+                  "is the Python calls a message makes through Consumer that raw's inline loop does not:\n"
+                  "the receive and ack calls, the handler's coroutine, the latency clock, the message\n"
+                  "(1.0 us against a stubbed client, where raw's loop costs 1.6-1.8 us).")
     rows = []
     for b, r in report["brokers"].items():
         for label, section, key in (("rr sequential", "rr", "sequential"),
