@@ -14,9 +14,11 @@ from typing import Any
 import pytest
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
+from trustgraph_pubsub.backend import _UNDECODED
 from trustgraph_pubsub.backends.kafka.config import COMMIT_EVERY
 from trustgraph_pubsub.backends.kafka.consumer import KafkaConsumer, _Partition
 from trustgraph_pubsub.errors import MessageDecodeError
+from trustgraph_schema.errors import SchemaError
 
 
 class _Client:
@@ -74,6 +76,8 @@ async def test_records_are_decoded_as_handed_out_and_a_bad_one_raises_from_value
     await kc._fetch()
     good, bad, empty = (kc.receive_nowait() for _ in range(3))
     assert good is not None and bad is not None and empty is not None
+    assert good._value == _Point(3)  # decoded on receipt, not when first asked
+    assert bad._value is _UNDECODED and empty._value is _UNDECODED
     assert good.value() == _Point(3) and good.data() == b'{"n": 3}' and good.topic == "q1/tg/x/y"
     for m, data in ((bad, b'{"n": "three"}'), (empty, b"")):
         with pytest.raises(MessageDecodeError, match="q1/tg/x/y .*_Point"):
@@ -82,6 +86,15 @@ async def test_records_are_decoded_as_handed_out_and_a_bad_one_raises_from_value
     with pytest.raises(MessageDecodeError) as err:
         bad.value()  # again: nothing bad was cached
     assert err.value.path == "n"
+
+
+async def test_a_schema_that_is_not_one_raises_from_value() -> None:
+    kc, _ = _consumer(1, schema=int)
+    await kc._fetch()
+    m = kc.receive_nowait()
+    assert m is not None and m.data() == b"x"
+    with pytest.raises(SchemaError, match="not a dataclass"):
+        m.value()
 
 
 async def test_without_a_schema_the_value_is_the_bytes() -> None:

@@ -18,7 +18,7 @@ import contextlib
 import dataclasses
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
@@ -152,7 +152,7 @@ class _Replay(_Record):
     __slots__ = ("_count",)
 
 
-def _message(rec: Any, p: _Partition, decode: Any, count: int = 0) -> _Record:
+def _message(rec: Any, p: _Partition, decode: Callable[[Any], Any], count: int = 0) -> _Record:
     """The message of record ``rec`` of partition ``p``, delivered ``count`` times before.
 
     ``decode``: the consumer's ``value_decoder``.
